@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class ProjectConfig(AppConfig):
+    """Project-level app: the master tick, its management command and system checks."""
+
+    name = "project"
+    verbose_name = "Control plane"
+
+    def ready(self) -> None:
+        from project import checks, schedule  # noqa: F401  (registers checks and signals)

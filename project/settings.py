@@ -1,0 +1,233 @@
+"""Settings for the fabric control plane.
+
+Every value is read from the environment with a default that serves the embedded
+mode (SQLite + a private Valkey started by ``make run``). Production sets
+``DATABASE_URL`` (PostgreSQL) and ``CELERY_BROKER_URL`` (Redis); the code paths are
+the same. The README's configuration table lists every variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _secret_key() -> str:
+    """Use DJANGO_SECRET_KEY, else a key generated once and kept under var/ (embedded mode)."""
+    if key := os.environ.get("DJANGO_SECRET_KEY"):
+        return key
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "project",
+    "sync",
+    "scaling",
+    "resilience",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+# PostgreSQL in production; SQLite in WAL mode for the embedded default. WAL lets the
+# web server read while a worker writes; IMMEDIATE transactions take the write lock up
+# front so two worker processes never deadlock upgrading a read lock; the timeout
+# makes a writer wait for the lock instead of failing with "database is locked".
+DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+DATABASES: dict[str, Any] = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # A file, not :memory:, so that Celery worker processes started by the tests
+    # share the test database with the test process.
+    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("SQLITE_TEST_NAME", str(VAR_DIR / "test.sqlite3"))}
+else:
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if test_name := os.environ.get("DATABASE_TEST_NAME"):
+        DATABASES["default"]["TEST"] = {"NAME": test_name}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- Broker, cache ---------------------------------------------------------------------
+# The embedded default is the private Valkey that ``make run`` starts on this port.
+EMBEDDED_REDIS_PORT = env_int("EMBEDDED_REDIS_PORT", 6390)
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0")
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+CACHE_URL = os.environ.get("CACHE_URL", CELERY_BROKER_URL)
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "fcp"),
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+    }
+}
+
+# --- Fabric sync -----------------------------------------------------------------------
+# Ordering that must hold (checked at start-up by project.checks):
+#   soft time limit < hard time limit < lease < Redis visibility timeout.
+# The soft limit lets a sync record its own timeout; the hard limit kills a stuck
+# process; the lease outlives the hard limit, so a lease only expires once its holder
+# is certainly dead; the visibility timeout outlives the lease, so Redis never
+# redelivers a message whose sync may still be running.
+SYNC_SOFT_TIME_LIMIT = env_int("SYNC_SOFT_TIME_LIMIT", 240)
+SYNC_HARD_TIME_LIMIT = env_int("SYNC_HARD_TIME_LIMIT", 300)
+SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 360)
+# How long a claimed fabric waits for a worker to pick its message up before the
+# claim is released and the next tick may dispatch it again (with a new token, so
+# the stale message is dropped when it finally arrives).
+SYNC_QUEUE_LEASE_SECONDS = env_int("SYNC_QUEUE_LEASE_SECONDS", 900)
+BROKER_VISIBILITY_TIMEOUT = env_int("BROKER_VISIBILITY_TIMEOUT", 7200)
+
+SYNC_MAX_RETRIES = env_int("SYNC_MAX_RETRIES", 3)  # transient failures, within one due sync
+SYNC_RETRY_BACKOFF_MAX = env_int("SYNC_RETRY_BACKOFF_MAX", 600)
+SYNC_MAX_DELIVERIES = env_int("SYNC_MAX_DELIVERIES", 3)  # poison-message guard
+SYNC_FAILURE_BACKOFF_MAX = env_int("SYNC_FAILURE_BACKOFF_MAX", 3600)
+SYNC_SUSPEND_AFTER_FAILURES = env_int("SYNC_SUSPEND_AFTER_FAILURES", 10)
+SYNC_MAX_MANIFEST_BYTES = env_int("SYNC_MAX_MANIFEST_BYTES", 1024 * 1024)
+SYNC_MAX_MANIFESTS = env_int("SYNC_MAX_MANIFESTS", 20000)
+SYNC_GIT_TIMEOUT = env_int("SYNC_GIT_TIMEOUT", 120)
+SYNC_GIT_CACHE_DIR = Path(os.environ.get("SYNC_GIT_CACHE_DIR", VAR_DIR / "git-cache"))
+# Local-path (and file://) sources are only accepted below these folders.
+SYNC_ALLOWED_LOCAL_ROOTS = env_list("SYNC_ALLOWED_LOCAL_ROOTS", str(VAR_DIR / "repos"))
+# Fabrics per fan-out message: the tick publishes one message per chunk and a worker
+# expands it into one task per fabric, so the tick stays fast at 10,000 fabrics.
+SYNC_DISPATCH_CHUNK = env_int("SYNC_DISPATCH_CHUNK", 250)
+
+# --- Celery ------------------------------------------------------------------------------
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+# JSON only: no pickle, so a message can never execute code on a worker.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+# Acknowledge after the task ran, and requeue when the worker process dies, so a
+# killed worker loses no sync. The database lease plus a delivery counter on the
+# fabric (SYNC_MAX_DELIVERIES) stop a poison message from looping forever.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message at a time per process: a sync can take minutes, and prefetched
+# messages would wait behind it instead of going to an idle worker.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# After a broker connection drop, late-acked messages come back; cancel the running
+# copies instead of running them twice.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_SOFT_TIME_LIMIT = SYNC_SOFT_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = SYNC_HARD_TIME_LIMIT
+# Redelivery of unacked messages happens after this; it must exceed the lease and any
+# retry countdown (bounded by SYNC_RETRY_BACKOFF_MAX) or Redis re-runs tasks in a loop.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_TRACK_STARTED = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+# The beat entry lives in the database (django-celery-beat), so operators see and
+# can disable it in the admin; project.schedule upserts it.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Admin bootstrap (make run) ---------------------------------------------------------
+ADMIN_USERNAME = os.environ.get("ADMIN_USERNAME", "admin")
+
+# --- Logging -----------------------------------------------------------------------------
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "sync.redaction.RedactingFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

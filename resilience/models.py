@@ -1,0 +1,1 @@
+"""Models of the resilience app arrive with its issue."""

@@ -1,0 +1,1 @@
+"""Models of the scaling app arrive with its issue."""

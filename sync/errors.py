@@ -1,0 +1,24 @@
+"""Failure classes that decide what happens next to a sync.
+
+``TransientSyncError``: the network, the database or the broker hiccuped; retrying
+soon may succeed, so the task retries with backoff (bounded).
+``PermanentSyncError``: the input is wrong (bad YAML, missing branch, rejected
+credentials); retrying cannot help, so the sync fails at once with a message an
+operator can act on.
+"""
+
+
+class SyncError(Exception):
+    """Base class; the message is already redacted and meant for operators."""
+
+
+class TransientSyncError(SyncError):
+    pass
+
+
+class PermanentSyncError(SyncError):
+    pass
+
+
+class ManifestError(PermanentSyncError):
+    """A manifest is invalid; the message names the file (and line, for YAML errors)."""

@@ -1,0 +1,201 @@
+"""Leases: who may sync a fabric, until when. Every transition is one conditional UPDATE.
+
+A lease is a random token plus an expiry on the fabric row. The row count of a
+conditional UPDATE says who won, so two ticks, two beat processes or a redelivered
+message can never hold the same fabric at once, on SQLite or PostgreSQL (where
+READ COMMITTED re-checks the WHERE clause of a row it waited for).
+
+Lifecycle::
+
+    (due) --claim_due / claim_one--> QUEUED --begin--> SYNCING --finish--> IN_SYNC / ERROR / SUSPENDED
+                                       |                  |
+                        queue lease expired      lease expired (worker died)
+                                       v                  v
+                          previous status           ERROR, due now (reap_expired)
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from django.conf import settings
+from django.db.models import Case, F, PositiveSmallIntegerField, Q, QuerySet, Value, When
+
+from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
+
+LOST_MESSAGE = "Sync did not finish within its lease: the worker running it died or was killed."
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def due_fabrics(now: datetime) -> QuerySet[Fabric]:
+    """The due predicate of ``sync.scheduling.fabric_needs_sync`` as one indexed query."""
+    return Fabric.objects.filter(
+        Q(sync_enabled=True, next_sync_at__lte=now)
+        & ~Q(sync_status=SyncStatus.SUSPENDED)
+        & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+    )
+
+
+def _status_without_lease() -> Case:
+    """The status a fabric returns to when an unstarted claim is released."""
+    return Case(
+        When(consecutive_failures__gte=settings.SYNC_SUSPEND_AFTER_FAILURES, then=Value(SyncStatus.SUSPENDED)),
+        When(consecutive_failures__gt=0, then=Value(SyncStatus.ERROR)),
+        When(last_sync__isnull=True, then=Value(SyncStatus.NEVER_SYNCED)),
+        default=Value(SyncStatus.IN_SYNC),
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    token: str
+    fabric_ids: list[int]
+    due: int
+
+
+def claim_due(now: datetime) -> Claim:
+    """Claim every due fabric for one tick, in a constant number of queries.
+
+    1. Count the due fabrics (for the tick's metrics).
+    2. One conditional UPDATE stamps a fresh tick token on every row that is still
+       due and unleased at that instant; rows another tick won are skipped.
+    3. Read back the ids carrying our token: exactly the rows we won.
+    """
+    token = new_token()
+    due = due_fabrics(now).count()
+    if due == 0:
+        return Claim(token, [], 0)
+    due_fabrics(now).update(
+        sync_status=SyncStatus.QUEUED,
+        lease_token=token,
+        lease_expires_at=now + timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS),
+        lease_owner="",
+        lease_deliveries=0,
+    )
+    ids = list(Fabric.objects.filter(lease_token=token).order_by("next_sync_at").values_list("id", flat=True))
+    return Claim(token, ids, due)
+
+
+def claim_one(fabric_id: int, now: datetime) -> str | None:
+    """Claim one fabric for a manual sync, due or not. None if its lease is held."""
+    token = new_token()
+    won = (
+        Fabric.objects.filter(id=fabric_id)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+        .update(
+            sync_status=SyncStatus.QUEUED,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS),
+            lease_owner="",
+            lease_deliveries=0,
+        )
+    )
+    return token if won else None
+
+
+def release(fabric_ids: list[int], token: str) -> int:
+    """Give back claims that were never dispatched (e.g. the broker refused the publish)."""
+    return Fabric.objects.filter(id__in=fabric_ids, lease_token=token, sync_status=SyncStatus.QUEUED).update(
+        sync_status=_status_without_lease(), lease_token="", lease_expires_at=None, lease_owner=""
+    )
+
+
+class BeginOutcome(Enum):
+    STARTED = "started"
+    SUPERSEDED = "superseded"  # our token is gone: a newer claim or a reaper took over
+    HELD = "held"  # another delivery of the same claim is (or may be) still running
+    GAVE_UP = "gave_up"  # delivered too often: a poison message
+
+
+@dataclass(frozen=True)
+class Begin:
+    outcome: BeginOutcome
+    retry_in: float = 0.0
+    deliveries: int = 0
+
+
+def begin(fabric_id: int, token: str, now: datetime, worker: str) -> Begin:
+    """Move a claimed fabric to SYNCING under our token, with the full sync lease.
+
+    A QUEUED claim starts normally. A SYNCING claim whose lease expired means the
+    previous delivery died (SIGKILL, OOM); we take over and count the delivery.
+    A SYNCING claim whose lease is still held may still be running: we must not run
+    beside it, so the caller waits until the lease would expire.
+    """
+    lease_until = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
+    won = (
+        Fabric.objects.filter(id=fabric_id, lease_token=token)
+        .filter(Q(sync_status=SyncStatus.QUEUED) | Q(sync_status=SyncStatus.SYNCING, lease_expires_at__lte=now))
+        .update(
+            lease_deliveries=Case(
+                When(sync_status=SyncStatus.SYNCING, then=F("lease_deliveries") + 1),
+                default=F("lease_deliveries"),
+                output_field=PositiveSmallIntegerField(),
+            ),
+            sync_status=SyncStatus.SYNCING,
+            lease_expires_at=lease_until,
+            lease_owner=worker[:200],
+            last_attempt_at=now,
+        )
+    )
+    row = Fabric.objects.filter(id=fabric_id).values("lease_token", "lease_expires_at", "lease_deliveries").first()
+    if row is None or row["lease_token"] != token:
+        return Begin(BeginOutcome.SUPERSEDED)
+    if not won:
+        expires = row["lease_expires_at"]
+        wait = (expires - now).total_seconds() + 1 if expires else 1.0
+        return Begin(BeginOutcome.HELD, retry_in=max(wait, 1.0))
+    if row["lease_deliveries"] >= settings.SYNC_MAX_DELIVERIES:
+        return Begin(BeginOutcome.GAVE_UP, deliveries=row["lease_deliveries"])
+    return Begin(BeginOutcome.STARTED, deliveries=row["lease_deliveries"])
+
+
+def requeue_for_retry(fabric_id: int, token: str, now: datetime, countdown: float) -> bool:
+    """Keep the claim across a retry: back to QUEUED, lease covering the countdown."""
+    until = now + timedelta(seconds=countdown + settings.SYNC_QUEUE_LEASE_SECONDS)
+    return bool(
+        Fabric.objects.filter(id=fabric_id, lease_token=token, sync_status=SyncStatus.SYNCING).update(
+            sync_status=SyncStatus.QUEUED, lease_expires_at=until, lease_owner=""
+        )
+    )
+
+
+def reap_expired(now: datetime) -> dict[str, int]:
+    """Release every expired lease so nothing stays QUEUED or SYNCING forever.
+
+    1. Runs still RUNNING under an expired SYNCING lease are marked LOST.
+    2. Those fabrics count a failure and become due at once (the sync is redone in
+       this very tick), or SUSPENDED once the failure limit is reached.
+    3. Expired QUEUED claims (the message was never consumed) go back to their
+       previous status without counting a failure; the next due tick re-dispatches
+       them with a new token, and the stale message is dropped on arrival.
+    """
+    expired_syncing = Fabric.objects.filter(sync_status=SyncStatus.SYNCING, lease_expires_at__lte=now)
+    runs_lost = SyncRun.objects.filter(status=RunStatus.RUNNING, fabric__in=expired_syncing.values("id")).update(
+        status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE
+    )
+    limit = settings.SYNC_SUSPEND_AFTER_FAILURES
+    syncing = expired_syncing.update(
+        sync_status=Case(
+            When(consecutive_failures__gte=max(limit - 1, 0), then=Value(SyncStatus.SUSPENDED)),
+            default=Value(SyncStatus.ERROR),
+        )
+        if limit > 0
+        else Value(SyncStatus.ERROR),
+        consecutive_failures=F("consecutive_failures") + 1,
+        last_error=LOST_MESSAGE,
+        next_sync_at=now,
+        lease_token="",
+        lease_expires_at=None,
+        lease_owner="",
+    )
+    queued = Fabric.objects.filter(sync_status=SyncStatus.QUEUED, lease_expires_at__lte=now).update(
+        sync_status=_status_without_lease(), lease_token="", lease_expires_at=None, lease_owner=""
+    )
+    return {"leases_reaped": syncing + queued, "runs_lost": runs_lost}

@@ -1,0 +1,224 @@
+"""One sync of one fabric, start to finish, under a lease the caller already holds.
+
+Plain functions, no Celery: the task in ``sync.tasks`` and the ``sync`` management
+command both call ``run_sync``. The caller decides about retries; this module
+records every attempt as a ``SyncRun`` and every outcome on the fabric, guarded by
+the lease token so a sync that lost its lease can never overwrite newer state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from sync.errors import PermanentSyncError, SyncError, TransientSyncError
+from sync.manifests import parse_manifests
+from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
+from sync.redaction import redact
+from sync.resources import ResourceCounts, replace_resources
+from sync.scheduling import next_sync_after_failure, next_sync_after_success, should_suspend
+from sync.sources.git import GitSource, cache_dir_for, source_fingerprint
+
+logger = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+class LeaseLost(SyncError):
+    """Our lease was taken over (it expired); this attempt's results are discarded."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    fabric: str
+    status: str
+    commit: str
+    resources: int
+    counts: ResourceCounts
+    duration_ms: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "fabric": self.fabric,
+            "status": self.status,
+            "commit": self.commit,
+            "resources": self.resources,
+            "created": self.counts.created,
+            "updated": self.counts.updated,
+            "deleted": self.counts.deleted,
+            "duration_ms": self.duration_ms,
+        }
+
+
+def _elapsed_ms(start: datetime, end: datetime) -> int:
+    return max(0, int((end - start).total_seconds() * 1000))
+
+
+def run_sync(
+    fabric_id: int,
+    token: str,
+    *,
+    trigger: str,
+    worker: str,
+    attempt: int = 1,
+    may_retry: bool = False,
+    clock: Clock = timezone.now,
+) -> SyncResult:
+    """Sync one fabric whose lease (``token``) is held in SYNCING.
+
+    1. Record a RUNNING ``SyncRun``.
+    2. Ask the remote for the branch's commit. Same commit and same source as the
+       last success: finish fast as UNCHANGED.
+    3. Otherwise fetch (shallow, cached), list and read ``*.yaml``/``*.yml`` under
+       ``git_path``, parse and validate every document.
+    4. In one transaction: upsert changed resources, delete removed ones, and mark
+       the fabric IN_SYNC, but only if our lease token is still on it.
+    On failure the run and the fabric record a redacted reason and the error is
+    re-raised, so Celery's task state is truthful. A transient failure with
+    ``may_retry`` keeps the lease (QUEUED) for the caller's retry.
+    """
+    fabric = Fabric.objects.get(id=fabric_id)
+    started = clock()
+    run = SyncRun.objects.create(
+        fabric=fabric, trigger=trigger, attempt=attempt, lease_token=token, worker=worker[:200], started_at=started
+    )
+    try:
+        result = _sync(fabric, token, run, started, clock)
+    except SoftTimeLimitExceeded as exc:
+        error: SyncError = TransientSyncError(f"sync exceeded its soft time limit of {settings.SYNC_SOFT_TIME_LIMIT} s")
+        record_failure(fabric, token, run, error, will_retry=False, clock=clock)
+        raise error from exc
+    except LeaseLost:
+        _finish_run(run, RunStatus.LOST, clock(), error=LeaseLost("lease expired before the sync finished"))
+        raise
+    except SyncError as exc:
+        record_failure(
+            fabric, token, run, exc, will_retry=may_retry and isinstance(exc, TransientSyncError), clock=clock
+        )
+        raise
+    except DatabaseError as exc:
+        transient = TransientSyncError(f"database error: {redact(str(exc))}")
+        record_failure(fabric, token, run, transient, will_retry=may_retry, clock=clock)
+        raise transient from exc
+    except Exception as exc:  # a bug or an unforeseen input: fail this fabric only, loudly
+        logger.exception("unexpected error syncing fabric %s", fabric.name)
+        permanent = PermanentSyncError(f"unexpected {type(exc).__name__}: {redact(str(exc))}")
+        record_failure(fabric, token, run, permanent, will_retry=False, clock=clock)
+        raise permanent from exc
+    return result
+
+
+def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Clock) -> SyncResult:
+    source = GitSource(
+        fabric.git_url,
+        fabric.git_branch,
+        cache_dir_for(settings.SYNC_GIT_CACHE_DIR, fabric.id, fabric.git_url),
+        settings.SYNC_GIT_TIMEOUT,
+    )
+    fingerprint = source_fingerprint(fabric.git_url, fabric.git_branch, fabric.git_path)
+    commit = source.remote_commit()
+    unchanged = (
+        commit == fabric.current_commit
+        and fingerprint == fabric.source_fingerprint
+        and fabric.last_sync is not None
+        and fabric.consecutive_failures == 0
+    )
+    if unchanged:
+        counts = ResourceCounts(total=fabric.resources.count())
+        _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.UNCHANGED, clock)
+    else:
+        commit = source.fetch()
+        tree = source.manifest_files(
+            commit, fabric.git_path, settings.SYNC_MAX_MANIFEST_BYTES, settings.SYNC_MAX_MANIFESTS
+        )
+        parsed = parse_manifests(source.read_blobs(tree))
+        with transaction.atomic():
+            counts = replace_resources(fabric, parsed)
+            _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.SUCCESS, clock)
+    finished = run.finished_at or clock()
+    return SyncResult(fabric.name, run.status, commit, counts.total, counts, _elapsed_ms(started, finished))
+
+
+def _commit_success(
+    fabric: Fabric,
+    token: str,
+    run: SyncRun,
+    commit: str,
+    fingerprint: str,
+    counts: ResourceCounts,
+    status: RunStatus,
+    clock: Clock,
+) -> None:
+    finished = clock()
+    with transaction.atomic():
+        won = Fabric.objects.filter(id=fabric.id, lease_token=token, sync_status=SyncStatus.SYNCING).update(
+            sync_status=SyncStatus.IN_SYNC,
+            last_sync=finished,
+            next_sync_at=next_sync_after_success(finished, fabric.sync_interval),
+            consecutive_failures=0,
+            last_error="",
+            current_commit=commit,
+            source_fingerprint=fingerprint,
+            lease_token="",
+            lease_expires_at=None,
+            lease_owner="",
+            lease_deliveries=0,
+        )
+        if not won:
+            raise LeaseLost(f"fabric {fabric.name}: lease lost before the sync could be recorded")
+        run.commit = commit
+        run.resources_created, run.resources_updated = counts.created, counts.updated
+        run.resources_deleted, run.resources_total = counts.deleted, counts.total
+        _finish_run(run, status, finished)
+
+
+def _finish_run(run: SyncRun, status: str, finished: datetime, error: Exception | None = None) -> None:
+    run.status = status
+    run.finished_at = finished
+    run.duration_ms = _elapsed_ms(run.started_at, finished)
+    if error is not None:
+        run.error_class = type(error).__name__
+        run.error_message = redact(str(error))
+    run.save()
+
+
+def record_failure(
+    fabric: Fabric, token: str, run: SyncRun | None, error: Exception, *, will_retry: bool, clock: Clock
+) -> None:
+    """Record a failed attempt on the run and the fabric (only while we hold the lease).
+
+    A retrying failure keeps the lease and returns the fabric to QUEUED. A final one
+    counts a consecutive failure, pushes ``next_sync_at`` out exponentially and
+    suspends the fabric once ``SYNC_SUSPEND_AFTER_FAILURES`` is reached.
+    """
+    now = clock()
+    message = redact(str(error))[:2000]
+    if run is not None:
+        _finish_run(run, RunStatus.RETRYING if will_retry else RunStatus.FAILED, now, error)
+    held = Fabric.objects.filter(id=fabric.id, lease_token=token)
+    if will_retry:
+        held.filter(sync_status=SyncStatus.SYNCING).update(last_error=message)
+        return
+    failures = fabric.consecutive_failures + 1
+    suspended = should_suspend(failures, settings.SYNC_SUSPEND_AFTER_FAILURES)
+    last_error = message
+    if suspended:
+        last_error = f"Suspended after {failures} consecutive failures; last: {message}"
+    held.update(
+        sync_status=SyncStatus.SUSPENDED if suspended else SyncStatus.ERROR,
+        consecutive_failures=F("consecutive_failures") + 1,
+        last_error=last_error,
+        next_sync_at=next_sync_after_failure(now, failures, fabric.sync_interval, settings.SYNC_FAILURE_BACKOFF_MAX),
+        lease_token="",
+        lease_expires_at=None,
+        lease_owner="",
+        lease_deliveries=0,
+    )
+    logger.warning("sync of fabric %s failed (%s): %s", fabric.name, type(error).__name__, message)

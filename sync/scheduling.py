@@ -1,0 +1,77 @@
+"""When is a fabric due? Pure functions of a fabric's state and an injected clock.
+
+The tick selects due fabrics with one indexed query on ``next_sync_at``; that column
+is only ever written with ``next_sync_after_success`` / ``next_sync_after_failure``,
+so the query and ``fabric_needs_sync`` always agree.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sync.models import SyncStatus
+
+
+class Schedulable(Protocol):
+    sync_enabled: bool
+    sync_status: str
+    sync_interval: int
+    next_sync_at: datetime
+    lease_expires_at: datetime | None
+
+
+def lease_is_held(fabric: Schedulable, now: datetime) -> bool:
+    return fabric.lease_expires_at is not None and fabric.lease_expires_at > now
+
+
+def fabric_needs_sync(fabric: Schedulable, now: datetime) -> bool:
+    """True when the tick should dispatch this fabric at ``now``.
+
+    1. Disabled and suspended fabrics are never due.
+    2. A fabric whose lease is still held is being handled; not due.
+    3. Otherwise it is due once ``next_sync_at`` has been reached (inclusive: with a
+       300 s interval it is due exactly 300 s after the last sync, not at 299 s).
+    """
+    if not fabric.sync_enabled or fabric.sync_status == SyncStatus.SUSPENDED:
+        return False
+    if lease_is_held(fabric, now):
+        return False
+    return fabric.next_sync_at <= now
+
+
+def next_sync_after_success(finished_at: datetime, sync_interval: int) -> datetime:
+    return finished_at + timedelta(seconds=sync_interval)
+
+
+def failure_backoff_seconds(consecutive_failures: int, sync_interval: int, cap: int) -> int:
+    """Delay before the next scheduled attempt after ``consecutive_failures`` failures.
+
+    Doubles from twice the interval, so a broken fabric is not hammered every tick:
+    interval 300 s gives 600, 1200, 2400, then ``cap`` (but never less than the
+    fabric's own interval).
+    """
+    if consecutive_failures <= 0:
+        return sync_interval
+    exponent = min(consecutive_failures, 20)  # keeps the integer small
+    return max(sync_interval, min(sync_interval * 2**exponent, cap))
+
+
+def next_sync_after_failure(failed_at: datetime, consecutive_failures: int, sync_interval: int, cap: int) -> datetime:
+    return failed_at + timedelta(seconds=failure_backoff_seconds(consecutive_failures, sync_interval, cap))
+
+
+def retry_countdown(retries: int, maximum: int, rng: random.Random | None = None) -> float:
+    """Countdown before retry ``retries`` (0-based) of a transient failure.
+
+    Exponential with full jitter: uniform in [0, min(maximum, 2 ** (retries + 1))].
+    Full jitter spreads retries of many fabrics that failed together (a network blip)
+    instead of making them hit the Git server again in lockstep.
+    """
+    ceiling = min(maximum, 2 ** (retries + 1))
+    return (rng or random).uniform(0, ceiling)
+
+
+def should_suspend(consecutive_failures: int, suspend_after: int) -> bool:
+    return suspend_after > 0 and consecutive_failures >= suspend_after

@@ -1,0 +1,188 @@
+"""Read a fabric's manifests from Git without ever checking files out.
+
+The repository is fetched shallowly into a bare per-fabric cache that is reused
+between syncs. Files are listed with ``git ls-tree`` and read with
+``git cat-file --batch``: nothing is written to a work tree, so a symlink in the
+repository cannot point a read outside it, and git itself refuses tree entries
+that would leave the repository. Symlinked manifests are refused outright.
+
+Every git error is redacted (git echoes the remote URL, credentials included) and
+classified: missing branch, rejected credentials and unknown repositories are
+permanent; network trouble and timeouts are transient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from sync.errors import PermanentSyncError, TransientSyncError
+from sync.redaction import redact
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+SYMLINK_MODE = "120000"
+
+# Substrings of git/ssh stderr that mean "retrying will not help".
+_PERMANENT_PATTERNS = re.compile(
+    r"couldn't find remote ref|remote branch .* not found|authentication failed|"
+    r"could not read username|could not read password|terminal prompts disabled|"
+    r"permission denied|repository not found|does not appear to be a git repository|"
+    r"host key verification failed|not a git repository|unsupported protocol|"
+    r"transport '.*' not allowed|invalid|returned error: 40[134]",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    path: str
+    oid: str
+    size: int
+
+
+def transport_url(url: str) -> str:
+    """Local paths go through file:// so that shallow fetches work for them too."""
+    return f"file://{url}" if url.startswith("/") else url
+
+
+def source_fingerprint(url: str, branch: str, path: str) -> str:
+    return hashlib.sha256(f"{url}\n{branch}\n{path}".encode()).hexdigest()
+
+
+def _git_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        {
+            "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a terminal
+            "GIT_ASKPASS": "/bin/false",
+            "SSH_ASKPASS": "/bin/false",
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=15",
+            # Defence in depth beside sync.validators: no ext::, no git://.
+            "GIT_ALLOW_PROTOCOL": "https:ssh:file",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "LC_ALL": "C",
+        }
+    )
+    return env
+
+
+class GitSource:
+    def __init__(self, url: str, branch: str, cache_dir: Path, timeout: int) -> None:
+        self.url = url
+        self.branch = branch
+        self.cache_dir = cache_dir
+        self.timeout = timeout
+
+    # -- running git ------------------------------------------------------------------
+    def _git(self, *args: str, input_bytes: bytes | None = None, cwd: Path | None = None) -> bytes:
+        command = ["git", "-c", "protocol.file.allow=always", "-c", "core.symlinks=false", *args]
+        try:
+            completed = subprocess.run(
+                command,
+                input=input_bytes,
+                capture_output=True,
+                timeout=self.timeout,
+                env=_git_env(),
+                cwd=cwd,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TransientSyncError(f"git {args[0]} timed out after {self.timeout} s") from exc
+        except OSError as exc:
+            raise TransientSyncError(f"could not run git: {exc}") from exc
+        if completed.returncode != 0:
+            stderr = redact(completed.stderr.decode("utf-8", "replace").strip())
+            message = f"git {args[0]} failed: {stderr or 'exit code ' + str(completed.returncode)}"
+            if _PERMANENT_PATTERNS.search(stderr):
+                raise PermanentSyncError(message)
+            raise TransientSyncError(message)
+        return completed.stdout
+
+    def _ensure_cache(self) -> Path:
+        if not (self.cache_dir / "HEAD").exists():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._git("init", "--quiet", "--bare", str(self.cache_dir))
+        return self.cache_dir
+
+    # -- commits ----------------------------------------------------------------------
+    def remote_commit(self) -> str:
+        """The branch's commit on the remote, without downloading objects."""
+        out = self._git("ls-remote", "--heads", "--", transport_url(self.url), f"refs/heads/{self.branch}")
+        for line in out.decode().splitlines():
+            sha, _, ref = line.partition("\t")
+            if ref == f"refs/heads/{self.branch}":
+                return sha
+        raise PermanentSyncError(f"branch '{self.branch}' not found in {redact(self.url)}")
+
+    def fetch(self) -> str:
+        """Fetch the branch tip (depth 1) into the cache; return its commit."""
+        cache = self._ensure_cache()
+        ref = f"refs/fabric/{self.branch}"
+        self._git(
+            "--git-dir", str(cache), "fetch", "--quiet", "--depth", "1", "--no-tags", "--force",
+            "--", transport_url(self.url), f"+refs/heads/{self.branch}:{ref}",
+        )  # fmt: skip
+        return self._git("--git-dir", str(cache), "rev-parse", "--verify", f"{ref}^{{commit}}").decode().strip()
+
+    # -- files ------------------------------------------------------------------------
+    def manifest_files(self, commit: str, folder: str, max_bytes: int, max_files: int) -> list[TreeFile]:
+        """Every ``*.yaml``/``*.yml`` under ``folder`` at ``commit``, sizes checked."""
+        cache = self.cache_dir
+        folder = str(PurePosixPath(folder)) if folder else ""
+        if folder and folder != ".":
+            try:
+                kind = self._git("--git-dir", str(cache), "cat-file", "-t", f"{commit}:{folder}").decode().strip()
+            except PermanentSyncError as exc:
+                raise PermanentSyncError(f"folder '{folder}' not found at commit {commit[:10]}") from exc
+            if kind != "tree":
+                raise PermanentSyncError(f"'{folder}' is not a folder at commit {commit[:10]} (it is a {kind})")
+        listing = self._git("--git-dir", str(cache), "ls-tree", "-r", "-l", "-z", commit, "--", folder or ".")
+        files: list[TreeFile] = []
+        for entry in listing.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, raw_path = entry.partition(b"\t")
+            mode, obj_type, oid, size = meta.decode().split()
+            path = raw_path.decode("utf-8", "replace")
+            if not path.lower().endswith(MANIFEST_SUFFIXES):
+                continue
+            if mode == SYMLINK_MODE:
+                raise PermanentSyncError(f"{path}: symbolic links are refused; commit the manifest itself")
+            if obj_type != "blob":
+                continue
+            if int(size) > max_bytes:
+                raise PermanentSyncError(
+                    f"{path}: {int(size):,} bytes is over the manifest size limit of {max_bytes:,} bytes"
+                )
+            files.append(TreeFile(path=path, oid=oid, size=int(size)))
+        if len(files) > max_files:
+            raise PermanentSyncError(f"{len(files):,} manifest files is over the limit of {max_files:,}")
+        return sorted(files, key=lambda f: f.path)
+
+    def read_blobs(self, files: list[TreeFile]) -> dict[str, bytes]:
+        """Contents by path, read in one ``git cat-file --batch`` call."""
+        if not files:
+            return {}
+        request = "".join(f"{f.oid}\n" for f in files).encode()
+        out = self._git("--git-dir", str(self.cache_dir), "cat-file", "--batch", input_bytes=request)
+        contents: dict[str, bytes] = {}
+        position = 0
+        for file in files:
+            header_end = out.index(b"\n", position)
+            _oid, _type, size = out[position:header_end].decode().split()
+            body_start = header_end + 1
+            contents[file.path] = out[body_start : body_start + int(size)]
+            position = body_start + int(size) + 1
+        return contents
+
+
+def cache_dir_for(root: Path, fabric_id: int, url: str) -> Path:
+    """One cache per fabric and URL: a changed URL starts a fresh cache."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    host = urlsplit(transport_url(url)).hostname or "local"
+    return root / f"{fabric_id}-{re.sub(r'[^A-Za-z0-9.-]', '_', host)}-{digest}"
