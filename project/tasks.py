@@ -2,11 +2,11 @@
 
 from celery import shared_task
 
-from project.tick import run_tick
+from project.tick import TickSummary, run_tick
 
 MASTER_TASK_NAME = "project.master_scheduler"
 
 
 @shared_task(name=MASTER_TASK_NAME, ignore_result=False, soft_time_limit=50, time_limit=55)
-def master_scheduler() -> dict[str, object]:
+def master_scheduler() -> TickSummary:
     return run_tick()

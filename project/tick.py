@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NotRequired, TypedDict
 
 from django.core.cache import cache
 from django.db import close_old_connections
@@ -30,6 +31,14 @@ logger = logging.getLogger(__name__)
 
 StepFunction = Callable[[datetime], Mapping[str, int]]
 LAST_TICK_CACHE_KEY = "project:last_tick"
+
+
+class TickSummary(TypedDict):
+    at: str
+    duration_ms: float
+    metrics: dict[str, int]
+    steps: dict[str, str]
+    errors: NotRequired[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ def registered_steps() -> list[TickStep]:
     return sorted(_steps.values(), key=lambda step: (step.order, step.name))
 
 
-def run_tick(now: datetime | None = None) -> dict[str, object]:
+def run_tick(now: datetime | None = None) -> TickSummary:
     """Run every registered step once and return a small JSON-able summary."""
     now = now or timezone.now()
     # A long-lived beat/worker process may hold a connection the database dropped.
@@ -74,7 +83,7 @@ def run_tick(now: datetime | None = None) -> dict[str, object]:
             logger.exception("tick step %s failed", step.name)
             steps[step.name] = "error"
             errors[step.name] = f"{type(exc).__name__}: {exc}"
-    summary: dict[str, object] = {
+    summary: TickSummary = {
         "at": now.isoformat(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         "metrics": metrics,
@@ -86,7 +95,7 @@ def run_tick(now: datetime | None = None) -> dict[str, object]:
     return summary
 
 
-def _remember_last_tick(summary: dict[str, object]) -> None:
+def _remember_last_tick(summary: TickSummary) -> None:
     """Health checks read the age of the last tick; a cache outage must not fail the tick."""
     try:
         cache.set(LAST_TICK_CACHE_KEY, summary, timeout=None)

@@ -151,6 +151,11 @@ def begin(fabric_id: int, token: str, now: datetime, worker: str) -> Begin:
         expires = row["lease_expires_at"]
         wait = (expires - now).total_seconds() + 1 if expires else 1.0
         return Begin(BeginOutcome.HELD, retry_in=max(wait, 1.0))
+    # We hold the lease exclusively now, so any run still marked RUNNING belongs to a
+    # delivery that died; close it so run history never shows two at once.
+    SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING).update(
+        status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE
+    )
     if row["lease_deliveries"] >= settings.SYNC_MAX_DELIVERIES:
         return Begin(BeginOutcome.GAVE_UP, deliveries=row["lease_deliveries"])
     return Begin(BeginOutcome.STARTED, deliveries=row["lease_deliveries"])

@@ -33,7 +33,7 @@ _PERMANENT_PATTERNS = re.compile(
     r"could not read username|could not read password|terminal prompts disabled|"
     r"permission denied|repository not found|does not appear to be a git repository|"
     r"host key verification failed|not a git repository|unsupported protocol|"
-    r"transport '.*' not allowed|invalid|returned error: 40[134]",
+    r"transport '.*' not allowed|invalid|returned error: 40[134]|does not exist in",
     re.IGNORECASE,
 )
 
@@ -79,8 +79,11 @@ class GitSource:
         self.timeout = timeout
 
     # -- running git ------------------------------------------------------------------
-    def _git(self, *args: str, input_bytes: bytes | None = None, cwd: Path | None = None) -> bytes:
-        command = ["git", "-c", "protocol.file.allow=always", "-c", "core.symlinks=false", *args]
+    def _git(self, *args: str, input_bytes: bytes | None = None, in_cache: bool = False) -> bytes:
+        command = ["git", "-c", "protocol.file.allow=always", "-c", "core.symlinks=false"]
+        if in_cache:
+            command += ["--git-dir", str(self.cache_dir)]
+        command += args
         try:
             completed = subprocess.run(
                 command,
@@ -88,7 +91,6 @@ class GitSource:
                 capture_output=True,
                 timeout=self.timeout,
                 env=_git_env(),
-                cwd=cwd,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
@@ -121,27 +123,27 @@ class GitSource:
 
     def fetch(self) -> str:
         """Fetch the branch tip (depth 1) into the cache; return its commit."""
-        cache = self._ensure_cache()
+        self._ensure_cache()
         ref = f"refs/fabric/{self.branch}"
         self._git(
-            "--git-dir", str(cache), "fetch", "--quiet", "--depth", "1", "--no-tags", "--force",
+            "fetch", "--quiet", "--depth", "1", "--no-tags", "--force",
             "--", transport_url(self.url), f"+refs/heads/{self.branch}:{ref}",
+            in_cache=True,
         )  # fmt: skip
-        return self._git("--git-dir", str(cache), "rev-parse", "--verify", f"{ref}^{{commit}}").decode().strip()
+        return self._git("rev-parse", "--verify", f"{ref}^{{commit}}", in_cache=True).decode().strip()
 
     # -- files ------------------------------------------------------------------------
     def manifest_files(self, commit: str, folder: str, max_bytes: int, max_files: int) -> list[TreeFile]:
         """Every ``*.yaml``/``*.yml`` under ``folder`` at ``commit``, sizes checked."""
-        cache = self.cache_dir
         folder = str(PurePosixPath(folder)) if folder else ""
         if folder and folder != ".":
             try:
-                kind = self._git("--git-dir", str(cache), "cat-file", "-t", f"{commit}:{folder}").decode().strip()
+                kind = self._git("cat-file", "-t", f"{commit}:{folder}", in_cache=True).decode().strip()
             except PermanentSyncError as exc:
                 raise PermanentSyncError(f"folder '{folder}' not found at commit {commit[:10]}") from exc
             if kind != "tree":
                 raise PermanentSyncError(f"'{folder}' is not a folder at commit {commit[:10]} (it is a {kind})")
-        listing = self._git("--git-dir", str(cache), "ls-tree", "-r", "-l", "-z", commit, "--", folder or ".")
+        listing = self._git("ls-tree", "-r", "-l", "-z", commit, "--", folder or ".", in_cache=True)
         files: list[TreeFile] = []
         for entry in listing.split(b"\0"):
             if not entry:
@@ -169,7 +171,7 @@ class GitSource:
         if not files:
             return {}
         request = "".join(f"{f.oid}\n" for f in files).encode()
-        out = self._git("--git-dir", str(self.cache_dir), "cat-file", "--batch", input_bytes=request)
+        out = self._git("cat-file", "--batch", input_bytes=request, in_cache=True)
         contents: dict[str, bytes] = {}
         position = 0
         for file in files:

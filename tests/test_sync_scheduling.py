@@ -1,0 +1,101 @@
+"""The due predicate and the backoff schedules, with time frozen."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+from freezegun import freeze_time
+
+from sync.models import Fabric, SyncStatus
+from sync.scheduling import (
+    fabric_needs_sync,
+    failure_backoff_seconds,
+    next_sync_after_failure,
+    next_sync_after_success,
+    retry_countdown,
+    should_suspend,
+)
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def synced_fabric(at=T0, interval=300, **fields) -> Fabric:
+    return Fabric(
+        name="f",
+        git_url="/x",
+        sync_interval=interval,
+        last_sync=at,
+        next_sync_at=next_sync_after_success(at, interval),
+        sync_status=SyncStatus.IN_SYNC,
+        **fields,
+    )
+
+
+def test_a_fabric_is_not_due_299_seconds_after_its_last_sync():
+    with freeze_time(T0 + timedelta(seconds=299)):
+        assert not fabric_needs_sync(synced_fabric(), timezone.now())
+
+
+def test_a_fabric_is_due_exactly_300_seconds_after_its_last_sync():
+    with freeze_time(T0 + timedelta(seconds=300)):
+        assert fabric_needs_sync(synced_fabric(), timezone.now())
+
+
+def test_a_fabric_stays_due_long_after_its_interval():
+    assert fabric_needs_sync(synced_fabric(), T0 + timedelta(days=3))
+
+
+def test_a_disabled_fabric_is_never_due():
+    assert not fabric_needs_sync(synced_fabric(sync_enabled=False), T0 + timedelta(hours=1))
+
+
+def test_a_suspended_fabric_is_never_due():
+    fabric = synced_fabric()
+    fabric.sync_status = SyncStatus.SUSPENDED
+    assert not fabric_needs_sync(fabric, T0 + timedelta(hours=1))
+
+
+def test_a_fabric_whose_lease_is_held_is_not_due_until_the_lease_expires():
+    now = T0 + timedelta(seconds=400)
+    fabric = synced_fabric(lease_expires_at=now + timedelta(seconds=1))
+    assert not fabric_needs_sync(fabric, now)
+    assert fabric_needs_sync(fabric, now + timedelta(seconds=1))
+
+
+def test_a_new_fabric_is_due_at_once():
+    fabric = Fabric(name="n", git_url="/x", next_sync_at=T0)
+    assert fabric_needs_sync(fabric, T0)
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected"),
+    [(0, 300), (1, 600), (2, 1200), (3, 2400), (4, 3600), (10, 3600), (100, 3600)],
+)
+def test_failure_backoff_doubles_from_twice_the_interval_up_to_the_cap(failures, expected):
+    assert failure_backoff_seconds(failures, 300, cap=3600) == expected
+
+
+def test_failure_backoff_never_drops_below_the_interval_even_with_a_small_cap():
+    assert failure_backoff_seconds(3, 7200, cap=3600) == 7200
+
+
+def test_after_a_failure_the_next_sync_is_pushed_out():
+    assert next_sync_after_failure(T0, 1, 300, 3600) == T0 + timedelta(seconds=600)
+
+
+def test_retry_countdown_has_full_jitter_below_an_exponential_ceiling():
+    rng = random.Random(7)
+    for retries, ceiling in [(0, 2), (1, 4), (2, 8), (3, 16), (9, 600), (30, 600)]:
+        samples = [retry_countdown(retries, 600, rng) for _ in range(200)]
+        assert all(0 <= s <= ceiling for s in samples)
+        assert max(samples) > ceiling * 0.8  # spread over the range, not a fixed delay
+        assert min(samples) < ceiling * 0.2
+
+
+def test_suspension_happens_at_the_configured_number_of_failures():
+    assert not should_suspend(9, 10)
+    assert should_suspend(10, 10)
+    assert not should_suspend(1000, 0)  # 0 disables suspension

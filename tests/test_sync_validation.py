@@ -1,0 +1,111 @@
+"""Bad Git sources are rejected at validation, with credentials masked."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from sync.models import Fabric
+from sync.redaction import RedactingFilter, redact
+from sync.validators import validate_git_branch, validate_git_path, validate_git_url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/acme/fabric.git",
+        "https://oauth2:tok@gitlab.example.com/acme/fabric.git",
+        "ssh://git@github.com/acme/fabric.git",
+        "git@github.com:acme/fabric.git",
+    ],
+)
+def test_remote_urls_are_accepted(url):
+    validate_git_url(url)
+
+
+def test_a_local_path_below_an_allowed_root_is_accepted(repos_root):
+    validate_git_url(str(repos_root / "demo"))
+    validate_git_url(f"file://{repos_root}/demo")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ext::sh -c touch% /tmp/pwned", "transport helpers"),
+        ("fd::17", "transport helpers"),
+        ("http://example.com/repo.git", "Unsupported Git URL scheme 'http'"),
+        ("git://example.com/repo.git", "Unsupported Git URL scheme 'git'"),
+        ("ftp://example.com/repo.git", "Unsupported"),
+        ("file:///etc", "outside the allowed roots"),
+        ("/etc/passwd", "outside the allowed roots"),
+        ("relative/path", "Not a Git URL"),
+        ("--upload-pack=touch /tmp/x", "may not start with '-'"),
+        ("https://example.com/a\nb", "single line"),
+        ("https:///nohost", "no host"),
+    ],
+)
+def test_dangerous_or_unknown_sources_are_rejected(url, reason):
+    with pytest.raises(ValidationError, match=reason):
+        validate_git_url(url)
+
+
+def test_a_local_path_escaping_an_allowed_root_with_dotdot_is_rejected(repos_root):
+    with pytest.raises(ValidationError, match="outside the allowed roots"):
+        validate_git_url(f"{repos_root}/../../etc")
+
+
+def test_a_symlink_out_of_an_allowed_root_is_rejected(repos_root, tmp_path):
+    link = repos_root / "sneaky"
+    link.symlink_to(tmp_path)
+    with pytest.raises(ValidationError, match="outside the allowed roots"):
+        validate_git_url(str(link))
+
+
+def test_a_rejected_url_never_echoes_its_credentials():
+    with pytest.raises(ValidationError) as caught:
+        validate_git_url("http://user:s3cret@example.com/repo.git")
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["../outside", "/abs/path", "a/../../b", "-rf"])
+def test_manifest_paths_must_stay_inside_the_repository(path):
+    with pytest.raises(ValidationError):
+        validate_git_path(path)
+
+
+@pytest.mark.parametrize("branch", ["-x", "a..b", "a b", "x.lock", "a//b", "end/"])
+def test_bad_branch_names_are_rejected(branch):
+    with pytest.raises(ValidationError):
+        validate_git_branch(branch)
+
+
+@pytest.mark.django_db
+def test_model_validation_rejects_an_interval_under_a_minute(repos_root):
+    fabric = Fabric(name="f", git_url=str(repos_root / "x"), sync_interval=59)
+    with pytest.raises(ValidationError, match="sync_interval"):
+        fabric.full_clean()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://user:pass@h/r.git", "https://user:***@h/r.git"),
+        ("https://ghp_TOKEN@github.com/r", "https://***@github.com/r"),
+        ("fatal: unable to access 'https://a:b@h/r/': 403", "fatal: unable to access 'https://a:***@h/r/': 403"),
+        ("https://h/r?private_token=abc&x=1", "https://h/r?private_token=***&x=1"),
+        ("/srv/repos/plain", "/srv/repos/plain"),
+    ],
+)
+def test_redaction_masks_credentials(text, expected):
+    assert redact(text) == expected
+
+
+def test_the_logging_filter_masks_credentials_in_formatted_messages(caplog):
+    import logging
+
+    logger = logging.getLogger("test.redaction")
+    logger.addFilter(RedactingFilter())
+    with caplog.at_level(logging.INFO, logger="test.redaction"):
+        logger.info("fetching %s", "https://bob:hunter2@git.example.com/r.git")
+    assert "hunter2" not in caplog.text
+    assert "bob:***@" in caplog.text
