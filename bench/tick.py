@@ -1,0 +1,108 @@
+"""Benchmark: one master tick over 10,000 due fabrics vs bare Celery ``group()``.
+
+Run with ``make bench`` (or ``bash scripts/bench.sh``). In one process, against the
+same broker and database:
+
+1. Create N due fabrics (default 10,000; ``BENCH_FABRICS``).
+2. Time one sync step of a tick (reap + select + claim + dispatch) and count its SQL
+   queries.
+3. Time the fan-out expansion the workers do afterwards (run here in-process), so
+   the total publishing work is visible, not just the part the tick does.
+4. Time bare ``group(noop.s() for _ in range(N)).apply_async()`` to the same broker:
+   the baseline.
+5. Print the numbers and the ratio tick / group (target: at most 0.25).
+
+The queue is purged between phases and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from celery import group  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from project.celery_app import app  # noqa: E402
+from sync.dispatch import dispatch_due_fabrics  # noqa: E402
+from sync.models import Fabric  # noqa: E402
+from sync.tasks import fan_out  # noqa: E402
+
+N = int(os.environ.get("BENCH_FABRICS", "10000"))
+
+
+@app.task(name="bench.noop")
+def noop() -> None:
+    """The baseline task: does nothing, so only dispatch is measured."""
+
+
+def create_due_fabrics(now: timezone.datetime) -> None:
+    Fabric.objects.all().delete()
+    Fabric.objects.bulk_create(
+        (
+            Fabric(name=f"bench-{i:05}", git_url="/srv/repos/bench", next_sync_at=now - timedelta(seconds=1))
+            for i in range(N)
+        ),
+        batch_size=2000,
+    )
+
+
+def main() -> None:
+    now = timezone.now()
+    create_due_fabrics(now)
+    app.control.purge()
+
+    with CaptureQueriesContext(connection) as queries:
+        started = time.perf_counter()
+        metrics = dispatch_due_fabrics(now)
+        tick_seconds = time.perf_counter() - started
+    assert metrics["fabrics_dispatched"] == N, metrics
+
+    # What the workers do next: expand each chunk into one message per fabric.
+    token = Fabric.objects.values_list("lease_token", flat=True).first() or ""
+    ids = list(Fabric.objects.order_by("id").values_list("id", flat=True))
+    chunk = 250
+    started = time.perf_counter()
+    for start in range(0, len(ids), chunk):
+        fan_out(ids[start : start + chunk], token)
+    fan_out_seconds = time.perf_counter() - started
+    app.control.purge()
+
+    started = time.perf_counter()
+    group(noop.s() for _ in range(N)).apply_async()
+    group_seconds = time.perf_counter() - started
+    app.control.purge()
+    Fabric.objects.all().delete()
+
+    result = {
+        "fabrics": N,
+        "database": connection.vendor,
+        "tick_seconds": round(tick_seconds, 3),
+        "tick_sql_queries": len(queries),
+        "fan_out_expansion_seconds": round(fan_out_seconds, 3),
+        "bare_group_seconds": round(group_seconds, 3),
+        "bare_group_tasks_per_second": round(N / group_seconds),
+        "ratio_tick_to_group": round(tick_seconds / group_seconds, 3),
+        "ratio_tick_plus_fan_out_to_group": round((tick_seconds + fan_out_seconds) / group_seconds, 3),
+    }
+    print(json.dumps(result, indent=2))
+    if result["ratio_tick_to_group"] > 0.25:
+        print("FAILED target: tick should take at most 0.25x the bare group() time", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
