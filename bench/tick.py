@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,7 +49,7 @@ def noop() -> None:
     """The baseline task: does nothing, so only dispatch is measured."""
 
 
-def create_due_fabrics(now: timezone.datetime) -> None:
+def create_due_fabrics(now: datetime) -> None:
     Fabric.objects.all().delete()
     Fabric.objects.bulk_create(
         (
@@ -87,7 +87,8 @@ def main() -> None:
     app.control.purge()
     Fabric.objects.all().delete()
 
-    result = {
+    ratio = tick_seconds / group_seconds
+    result: dict[str, object] = {
         "fabrics": N,
         "database": connection.vendor,
         "tick_seconds": round(tick_seconds, 3),
@@ -95,11 +96,11 @@ def main() -> None:
         "fan_out_expansion_seconds": round(fan_out_seconds, 3),
         "bare_group_seconds": round(group_seconds, 3),
         "bare_group_tasks_per_second": round(N / group_seconds),
-        "ratio_tick_to_group": round(tick_seconds / group_seconds, 3),
+        "ratio_tick_to_group": round(ratio, 3),
         "ratio_tick_plus_fan_out_to_group": round((tick_seconds + fan_out_seconds) / group_seconds, 3),
     }
     print(json.dumps(result, indent=2))
-    if result["ratio_tick_to_group"] > 0.25:
+    if ratio > 0.25:
         print("FAILED target: tick should take at most 0.25x the bare group() time", file=sys.stderr)
         sys.exit(1)
 
