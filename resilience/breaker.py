@@ -1,0 +1,351 @@
+"""Circuit breakers whose state every worker process on every host shares.
+
+Usage::
+
+    github = CircuitBreaker("git:github.com")
+
+    @github
+    def fetch(): ...
+
+    with github:
+        fetch()
+
+    permit = github.admit()          # the explicit form, for code that retries inside
+    try:
+        result = fetch()
+    except Exception as exc:
+        permit.finish(exc)
+        raise
+    permit.finish()
+
+The state machine is described in ``resilience.breaker_core``; the shared state
+and its Lua scripts in ``resilience.breaker_redis``. When Redis cannot be reached
+the breaker keeps protecting the caller with a per-process breaker (never failing
+open silently): ``metrics.backend`` says ``local-fallback``, ``fallback_events``
+counts the switches, and one warning is logged per switch. Redis is tried again
+every ``BREAKER_REDIS_RETRY_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+
+from resilience.breaker_core import Admission, BreakerConfig, Clock, LocalBreakerCore, Outcome, State
+from resilience.breaker_redis import RedisBreakerStore, RedisChannel
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+
+_channels: dict[str, RedisChannel] = {}  # connections, one set per URL; no state lives here
+_channels_lock = threading.Lock()
+
+
+def _wall_clock() -> float:
+    return time.time()  # looked up at each call, so freezegun can move it
+
+
+def _setting(name: str, default: Any) -> Any:
+    from django.conf import settings
+
+    return getattr(settings, name, default) if settings.configured else default
+
+
+def default_config(**overrides: Any) -> BreakerConfig:
+    """The project's breaker defaults (``BREAKER_*`` settings), with ``overrides``."""
+    values: dict[str, Any] = {
+        "failure_rate_threshold": _setting("BREAKER_FAILURE_RATE_THRESHOLD", 50.0),
+        "window_size": _setting("BREAKER_WINDOW_SIZE", 20),
+        "minimum_calls": _setting("BREAKER_MINIMUM_CALLS", 20),
+        "consecutive_failures": _setting("BREAKER_CONSECUTIVE_FAILURES", 5),
+        "wait_seconds": _setting("BREAKER_WAIT_SECONDS", 30.0),
+        "wait_multiplier": _setting("BREAKER_WAIT_MULTIPLIER", 2.0),
+        "max_wait_seconds": _setting("BREAKER_MAX_WAIT_SECONDS", 300.0),
+        "half_open_calls": _setting("BREAKER_HALF_OPEN_CALLS", 3),
+        "success_threshold": _setting("BREAKER_SUCCESS_THRESHOLD", 3),
+        "trial_timeout": _setting("BREAKER_TRIAL_TIMEOUT", 30.0),
+    }
+    values.update(overrides)
+    return BreakerConfig(**values)
+
+
+def channel_for(url: str, timeout: float) -> RedisChannel:
+    with _channels_lock:
+        key = f"{url}#{timeout}"
+        if key not in _channels:
+            _channels[key] = RedisChannel(url, timeout)
+        return _channels[key]
+
+
+def _as_datetime(epoch_seconds: float | str | None) -> datetime | None:
+    if epoch_seconds in (None, ""):
+        return None
+    return datetime.fromtimestamp(float(epoch_seconds), tz=UTC)  # type: ignore[arg-type]
+
+
+class CircuitBreakerOpenError(Exception):
+    """The breaker rejected the call; nothing was sent to the dependency."""
+
+    def __init__(self, name: str, state: State, retry_at: datetime | None) -> None:
+        self.name = name
+        self.state = state
+        self.retry_at = retry_at  # when trials are admitted again (None: an operator decides)
+        when = f"trial calls from {retry_at.isoformat()}" if retry_at else "no trial calls until an operator resets it"
+        super().__init__(f"circuit breaker {name!r} is {state.value}: {when}")
+
+
+@dataclass(frozen=True)
+class BreakerMetrics:
+    name: str
+    state: State
+    backend: str  # "redis", "local" or "local-fallback"
+    total_calls: int
+    successful_calls: int
+    failed_calls: int
+    ignored_calls: int
+    slow_calls: int
+    rejected_calls: int
+    failure_rate: float  # percent of the current window
+    consecutive_failures: int
+    opened_at: datetime | None
+    open_until: datetime | None
+    last_failure_at: datetime | None
+    fallback_active: bool
+    fallback_events: int
+
+
+class Permit:
+    """One admitted call. Report its end exactly once with ``finish``."""
+
+    __slots__ = ("_done", "admission", "backend", "breaker", "started")
+
+    def __init__(self, breaker: CircuitBreaker, admission: Admission, backend: str, started: float) -> None:
+        self.breaker = breaker
+        self.admission = admission
+        self.backend = backend
+        self.started = started
+        self._done = False
+
+    def finish(self, exc: BaseException | None = None) -> Outcome:
+        """Classify the call (ignored / failure / slow / success) and report it."""
+        duration = self.breaker._clock() - self.started
+        outcome = self.breaker.config.classify(exc, duration)
+        slow = exc is None and outcome is Outcome.FAILURE
+        self.record(outcome, slow=slow)
+        return outcome
+
+    def record(self, outcome: Outcome, slow: bool = False) -> None:
+        if self._done:
+            raise RuntimeError("this permit was already reported")
+        self._done = True
+        self.breaker._record(self, outcome, slow)
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig | None = None,
+        *,
+        shared: bool = True,
+        redis_url: str | None = None,
+        key_prefix: str | None = None,
+        clock: Clock | None = None,
+        redis_timeout: float | None = None,
+        redis_retry_seconds: float | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config or default_config()
+        self._clock: Clock = clock or _wall_clock
+        self._lock = threading.Lock()  # guards the local core only, never the protected call
+        self._local = LocalBreakerCore(self.config)
+        self._tls = threading.local()
+        self._store: RedisBreakerStore | None = None
+        self.redis_retry_seconds = float(redis_retry_seconds or _setting("BREAKER_REDIS_RETRY_SECONDS", 5.0))
+        if shared:
+            url = redis_url or _setting("BREAKER_REDIS_URL", None)
+            if not url:
+                raise ValueError("a shared breaker needs redis_url or the BREAKER_REDIS_URL setting")
+            timeout = float(redis_timeout or _setting("BREAKER_REDIS_TIMEOUT", 0.5))
+            prefix = key_prefix or _setting("BREAKER_KEY_PREFIX", "fcp:breaker")
+            self._store = RedisBreakerStore(name, self.config, channel_for(url, timeout), prefix)
+        self.fallback_active = False
+        self.fallback_events = 0
+        self._retry_redis_at = 0.0
+
+    # --- calling through ---------------------------------------------------------------
+    def admit(self) -> Permit:
+        """Ask for permission to call; raise ``CircuitBreakerOpenError`` if refused."""
+        if self._store is not None and self._redis_worth_trying():
+            try:
+                admission = self._store.admit(uuid.uuid4().hex)
+            except REDIS_ERRORS as exc:
+                self._enter_fallback(exc)
+            else:
+                self._leave_fallback()
+                return self._permit(admission, "redis")
+        with self._lock:
+            admission = self._local.admit(self._clock())
+        return self._permit(admission, "local")
+
+    def _permit(self, admission: Admission, backend: str) -> Permit:
+        if not admission.admitted:
+            raise CircuitBreakerOpenError(self.name, admission.state, _as_datetime(admission.retry_at))
+        return Permit(self, admission, backend, self._clock())
+
+    def _record(self, permit: Permit, outcome: Outcome, slow: bool) -> None:
+        if permit.backend == "redis" and self._store is not None:
+            try:
+                self._store.record(permit.admission, outcome, slow)
+                return
+            except REDIS_ERRORS as exc:
+                self._enter_fallback(exc)
+            # Redis went away mid-call: count the outcome locally (as a CLOSED-state
+            # call) so that a failing dependency still trips the fallback breaker.
+            with self._lock:
+                local = self._local
+                local.record(Admission(True, local.state, local.epoch), outcome, self._clock(), slow)
+            return
+        with self._lock:
+            self._local.record(permit.admission, outcome, self._clock(), slow)
+
+    def call(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        permit = self.admit()
+        try:
+            result = function(*args, **kwargs)
+        except BaseException as exc:
+            permit.finish(exc)
+            raise
+        permit.finish()
+        return result
+
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            return self.call(function, *args, **kwargs)
+
+        return guarded
+
+    def __enter__(self) -> Permit:
+        permit = self.admit()
+        self._tls.__dict__.setdefault("stack", []).append(permit)
+        return permit
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._tls.stack.pop().finish(exc)
+
+    # --- Redis availability ----------------------------------------------------------
+    def _redis_worth_trying(self) -> bool:
+        return not self.fallback_active or time.monotonic() >= self._retry_redis_at
+
+    def _enter_fallback(self, exc: BaseException) -> None:
+        self._retry_redis_at = time.monotonic() + self.redis_retry_seconds
+        if not self.fallback_active:
+            self.fallback_active = True
+            self.fallback_events += 1
+            logger.warning(
+                "circuit breaker %s: Redis unreachable (%s: %s); protecting calls with a per-process "
+                "breaker until it answers again",
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _leave_fallback(self) -> None:
+        if self.fallback_active:
+            self.fallback_active = False
+            logger.warning("circuit breaker %s: Redis answers again; back on the shared state", self.name)
+
+    # --- operators and metrics ---------------------------------------------------------
+    def _operate(self, operation: str) -> None:
+        if self._store is not None:
+            self._store.operate(operation)  # operators must see a Redis failure, not a local change
+            return
+        with self._lock:
+            self._local.operate(operation, self._clock())
+
+    def force_open(self) -> None:
+        self._operate("force_open")
+
+    def disable(self) -> None:
+        self._operate("disable")
+
+    def reset(self) -> None:
+        self._operate("reset")
+
+    @property
+    def state(self) -> State:
+        return self.metrics.state
+
+    @property
+    def metrics(self) -> BreakerMetrics:
+        if self._store is not None and self._redis_worth_trying():
+            try:
+                fields = self._store.read()
+            except REDIS_ERRORS as exc:
+                self._enter_fallback(exc)
+            else:
+                self._leave_fallback()
+                return self._shared_metrics(fields)
+        return self._local_metrics()
+
+    def _shared_metrics(self, f: dict[str, str]) -> BreakerMetrics:
+        calls = int(f.get("window_calls", 0))
+        failures = int(f.get("window_failures", 0))
+        return BreakerMetrics(
+            name=self.name,
+            state=State(f.get("state", "closed")),
+            backend="redis",
+            total_calls=int(f.get("total_calls", 0)),
+            successful_calls=int(f.get("successful_calls", 0)),
+            failed_calls=int(f.get("failed_calls", 0)),
+            ignored_calls=int(f.get("ignored_calls", 0)),
+            slow_calls=int(f.get("slow_calls", 0)),
+            rejected_calls=int(f.get("rejected_calls", 0)),
+            failure_rate=round(100.0 * failures / calls, 2) if calls else 0.0,
+            consecutive_failures=int(f.get("consecutive_failures", 0)),
+            opened_at=_as_datetime(f.get("opened_at")),
+            open_until=_as_datetime(f.get("open_until")) if f.get("state") == "open" else None,
+            last_failure_at=_as_datetime(f.get("last_failure_at")),
+            fallback_active=False,
+            fallback_events=self.fallback_events,
+        )
+
+    def _local_metrics(self) -> BreakerMetrics:
+        with self._lock:
+            core = replace(self._local, counters=replace(self._local.counters))
+            rate = self._local.failure_rate
+        c = core.counters
+        return BreakerMetrics(
+            name=self.name,
+            state=core.state,
+            backend="local-fallback" if self.fallback_active else "local",
+            total_calls=c.total_calls,
+            successful_calls=c.successful_calls,
+            failed_calls=c.failed_calls,
+            ignored_calls=c.ignored_calls,
+            slow_calls=c.slow_calls,
+            rejected_calls=c.rejected_calls,
+            failure_rate=rate,
+            consecutive_failures=core.consecutive_failures,
+            opened_at=_as_datetime(core.opened_at),
+            open_until=_as_datetime(core.open_until) if core.state is State.OPEN else None,
+            last_failure_at=_as_datetime(c.last_failure_at),
+            fallback_active=self.fallback_active,
+            fallback_events=self.fallback_events,
+        )

@@ -1,0 +1,364 @@
+"""Breaker state shared by every process on every host: one Redis hash per breaker.
+
+Each admission and each outcome is one Lua script, so a decision and the state
+change it implies happen atomically inside Redis, timed by the Redis server's own
+clock (``redis.call('TIME')``), never by the drifting clocks of the callers. No lock
+is held while the protected call runs: the caller holds a permit (epoch, and for a
+trial a token leased in a sorted set), and reports back.
+
+The scripts are a line-by-line port of ``resilience.breaker_core`` (read its
+docstring for the state machine); a hypothesis test checks they agree.
+
+One round trip per call: the outcome script is written to the socket without
+waiting for its reply (Redis runs it as soon as it arrives); the reply is read
+just before the next command's, so a call costs one round trip instead of two.
+Each thread of each process keeps its own connection for this, and a forked child
+opens its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.connection import ConnectionPool
+
+from resilience.breaker_core import Admission, BreakerConfig, Outcome, State
+
+REGISTRY_SUFFIX = "registry"
+
+_OPEN = """
+local function open_breaker(h, w, trials, now, wait)
+  redis.call('HSET', h, 'state', 'open', 'opened_at', string.format('%.6f', now),
+    'open_until', string.format('%.6f', now + wait), 'window_calls', 0, 'window_failures', 0)
+  redis.call('HINCRBY', h, 'epoch', 1)
+  redis.call('DEL', w, trials)
+end
+local function close_breaker(h, w, trials)
+  redis.call('HSET', h, 'state', 'closed', 'reopens', 0, 'consecutive_failures', 0,
+    'ho_successes', 0, 'window_calls', 0, 'window_failures', 0)
+  redis.call('HINCRBY', h, 'epoch', 1)
+  redis.call('DEL', w, trials)
+end
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS: hash, window, trials. ARGV: token, half_open_calls, trial_timeout.
+# Returns {admitted 0/1/2 (2 = trial), state, epoch, retry_at or ''}.
+ADMIT_LUA = (
+    _OPEN
+    + """
+local h, trials = KEYS[1], KEYS[3]
+local now = server_now()
+local s = redis.call('HMGET', h, 'state', 'epoch', 'open_until', 'ho_successes')
+local state = s[1] or 'closed'
+local epoch = tonumber(s[2] or '0')
+if state == 'closed' or state == 'disabled' then
+  redis.call('HINCRBY', h, 'total_calls', 1)
+  return {1, state, epoch, ''}
+end
+if state == 'forced_open' then
+  redis.call('HINCRBY', h, 'rejected_calls', 1)
+  return {0, state, epoch, ''}
+end
+local ho_successes = tonumber(s[4] or '0')
+if state == 'open' then
+  if now < tonumber(s[3] or '0') then
+    redis.call('HINCRBY', h, 'rejected_calls', 1)
+    return {0, state, epoch, s[3]}
+  end
+  state = 'half_open'
+  epoch = redis.call('HINCRBY', h, 'epoch', 1)
+  ho_successes = 0
+  redis.call('HSET', h, 'state', state, 'ho_successes', 0)
+  redis.call('DEL', trials)
+end
+redis.call('ZREMRANGEBYSCORE', trials, '-inf', string.format('%.6f', now))
+if redis.call('ZCARD', trials) + ho_successes < tonumber(ARGV[2]) then
+  redis.call('ZADD', trials, string.format('%.6f', now + tonumber(ARGV[3])), ARGV[1])
+  redis.call('HINCRBY', h, 'total_calls', 1)
+  return {2, state, epoch, ''}
+end
+redis.call('HINCRBY', h, 'rejected_calls', 1)
+local first = redis.call('ZRANGE', trials, 0, 0, 'WITHSCORES')
+return {0, state, epoch, first[2] or ''}
+"""
+)
+
+# KEYS: hash, window, trials. ARGV: outcome, epoch, token, slow (0/1), window_size,
+# minimum_calls, failure_rate_threshold, consecutive_failures, success_threshold,
+# wait_seconds, wait_multiplier, max_wait_seconds. Returns the state after it.
+RECORD_LUA = (
+    _OPEN
+    + """
+local h, w, trials = KEYS[1], KEYS[2], KEYS[3]
+local now = server_now()
+local outcome = ARGV[1]
+if outcome == 'success' then
+  redis.call('HINCRBY', h, 'successful_calls', 1)
+elseif outcome == 'failure' then
+  redis.call('HINCRBY', h, 'failed_calls', 1)
+  redis.call('HSET', h, 'last_failure_at', string.format('%.6f', now))
+else
+  redis.call('HINCRBY', h, 'ignored_calls', 1)
+end
+if ARGV[4] == '1' then redis.call('HINCRBY', h, 'slow_calls', 1) end
+local s = redis.call('HMGET', h, 'state', 'epoch', 'reopens')
+local state = s[1] or 'closed'
+if tonumber(ARGV[2]) ~= tonumber(s[2] or '0') then return state end
+local function wait_for(reopens)
+  return math.min(tonumber(ARGV[10]) * tonumber(ARGV[11]) ^ reopens, tonumber(ARGV[12]))
+end
+if state == 'closed' then
+  if outcome == 'ignored' then return state end
+  local bit = 0
+  if outcome == 'failure' then bit = 1 end
+  redis.call('RPUSH', w, bit)
+  local calls = redis.call('HINCRBY', h, 'window_calls', 1)
+  local failures = redis.call('HINCRBY', h, 'window_failures', bit)
+  if redis.call('LLEN', w) > tonumber(ARGV[5]) then
+    calls = redis.call('HINCRBY', h, 'window_calls', -1)
+    if redis.call('LPOP', w) == '1' then failures = redis.call('HINCRBY', h, 'window_failures', -1) end
+  end
+  local run = 0
+  if bit == 1 then run = redis.call('HINCRBY', h, 'consecutive_failures', 1)
+  else redis.call('HSET', h, 'consecutive_failures', 0) end
+  local limit = tonumber(ARGV[8])
+  if (limit > 0 and run >= limit) or
+     (calls >= tonumber(ARGV[6]) and failures * 100 >= tonumber(ARGV[7]) * calls) then
+    open_breaker(h, w, trials, now, wait_for(tonumber(s[3] or '0')))
+    return 'open'
+  end
+  return state
+end
+if state == 'half_open' then
+  if redis.call('ZREM', trials, ARGV[3]) == 0 or outcome == 'ignored' then return state end
+  if outcome == 'failure' then
+    redis.call('HINCRBY', h, 'consecutive_failures', 1)
+    local reopens = redis.call('HINCRBY', h, 'reopens', 1)
+    open_breaker(h, w, trials, now, wait_for(reopens))
+    return 'open'
+  end
+  if redis.call('HINCRBY', h, 'ho_successes', 1) >= tonumber(ARGV[9]) then
+    close_breaker(h, w, trials)
+    return 'closed'
+  end
+end
+return state
+"""
+)
+
+# KEYS: hash, window, trials. ARGV: operation.
+OPERATE_LUA = (
+    _OPEN
+    + """
+local h, w, trials = KEYS[1], KEYS[2], KEYS[3]
+local op = ARGV[1]
+if op == 'force_open' then
+  redis.call('HSET', h, 'state', 'forced_open', 'opened_at', string.format('%.6f', server_now()))
+  redis.call('HINCRBY', h, 'epoch', 1)
+elseif op == 'disable' then
+  redis.call('HSET', h, 'state', 'disabled')
+  redis.call('HINCRBY', h, 'epoch', 1)
+elseif op == 'reset' then
+  close_breaker(h, w, trials)
+  redis.call('HDEL', h, 'opened_at', 'open_until')
+else
+  return redis.error_reply('unknown breaker operation ' .. op)
+end
+redis.call('DEL', trials)
+return redis.call('HGET', h, 'state')
+"""
+)
+
+
+@dataclass(frozen=True)
+class _Script:
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324 (Redis' id)
+
+
+ADMIT, RECORD, OPERATE = _Script(ADMIT_LUA), _Script(RECORD_LUA), _Script(OPERATE_LUA)
+
+
+class _Wire(threading.local):
+    """This thread's connection and the commands whose replies are still unread."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.connection: Any = None
+        self.pending: list[tuple[Any, ...]] = []
+
+
+class RedisChannel:
+    """Runs breaker scripts over one connection per process and thread."""
+
+    def __init__(self, url: str, timeout: float = 0.5) -> None:
+        self.url = url
+        self.pool = ConnectionPool.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        )
+        self._wire = _Wire()
+
+    def _connection(self) -> Any:
+        wire = self._wire
+        if wire.connection is None or wire.pid != os.getpid():
+            # A forked child must not share its parent's socket: open our own.
+            wire.connection = self.pool.make_connection()
+            wire.pid = os.getpid()
+            wire.pending = []
+        return wire.connection
+
+    def _send(self, command: tuple[Any, ...], packed: bytes | None = None) -> None:
+        if packed is None:
+            self._connection().send_command(*command)
+        else:
+            self._connection().send_packed_command([packed], check_health=False)
+        self._wire.pending.append(command)
+
+    def _eval(self, command: tuple[Any, ...]) -> Any:
+        """Re-run a script by its source: the server lost its script cache (restart, SCRIPT FLUSH)."""
+        _, sha, *rest = command
+        script = next(s for s in (ADMIT, RECORD, OPERATE) if s.sha == sha)
+        connection = self._wire.connection
+        connection.send_command("EVAL", script.source, *rest)
+        return connection.read_response()
+
+    def _drain(self) -> None:
+        """Read every unread reply in order; scripts the server did not know run again after."""
+        wire = self._wire
+        pending, wire.pending = wire.pending, []
+        unknown = []
+        for command in pending:
+            try:
+                wire.connection.read_response()
+            except redis.exceptions.NoScriptError:
+                unknown.append(command)
+        for command in unknown:
+            self._eval(command)
+
+    def _guarded(self, run: Callable[[], Any]) -> Any:
+        try:
+            return run()
+        except (redis.exceptions.RedisError, OSError):
+            # Unread replies would now pair with the wrong commands: start afresh.
+            self.reset_connection()
+            raise
+
+    def reset_connection(self) -> None:
+        wire = self._wire
+        if wire.connection is not None and wire.pid == os.getpid():
+            wire.connection.disconnect()
+        wire.connection = None
+        wire.pending = []
+
+    def call(self, *command: Any, packed: bytes | None = None) -> Any:
+        """Send ``command`` and wait for its reply (after any unread earlier replies)."""
+
+        def run() -> Any:
+            self._drain()
+            self._send(command, packed)
+            self._wire.pending.pop()
+            try:
+                return self._wire.connection.read_response()
+            except redis.exceptions.NoScriptError:
+                return self._eval(command)
+
+        return self._guarded(run)
+
+    def send(self, *command: Any, packed: bytes | None = None) -> None:
+        """Send ``command`` now; its reply is read before the next command's."""
+        self._guarded(lambda: self._send(command, packed))
+
+    def flush(self) -> None:
+        self._guarded(self._drain)
+
+
+def _array(length: int) -> bytes:
+    return b"*%d\r\n" % length
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _bulks(*values: object) -> bytes:
+    return b"".join(_bulk(str(v).encode()) for v in values)
+
+
+class RedisBreakerStore:
+    """The shared state of one named breaker."""
+
+    def __init__(self, name: str, config: BreakerConfig, channel: RedisChannel, prefix: str) -> None:
+        self.name = name
+        self.config = config
+        self.channel = channel
+        base = f"{prefix}:{{{name}}}"  # braces: one hash slot for all three keys
+        self.keys = (base, f"{base}:window", f"{base}:trials")
+        self.registry = f"{prefix}:{REGISTRY_SUFFIX}"
+        self._registered_pid = 0
+        self._prepack()
+
+    def _register(self) -> None:
+        if self._registered_pid != os.getpid():
+            self.channel.send("SADD", self.registry, self.name)
+            self._registered_pid = os.getpid()
+
+    def admit(self, token: str) -> Admission:
+        self._register()
+        cfg = self.config
+        command = ("EVALSHA", ADMIT.sha, 3, *self.keys, token, cfg.half_open_calls, cfg.trial_timeout)
+        packed = b"%s%s%s" % (self._admit_head, _bulk(token.encode()), self._admit_tail)
+        admitted, state, epoch, retry_at = self.channel.call(*command, packed=packed)
+        trial = int(admitted) == 2
+        return Admission(
+            bool(int(admitted)),
+            State(state),
+            int(epoch),
+            trial=trial,
+            token=token if trial else "",
+            retry_at=float(retry_at) if retry_at else None,
+        )
+
+    def record(self, admission: Admission, outcome: Outcome, slow: bool = False) -> None:
+        variable = (outcome.value, admission.epoch, admission.token, "1" if slow else "0")
+        packed = b"%s%s%s" % (self._record_head, b"".join(_bulk(str(v).encode()) for v in variable), self._record_tail)
+        self.channel.send("EVALSHA", RECORD.sha, 3, *self.keys, *variable, *self._record_config, packed=packed)
+
+    def _prepack(self) -> None:
+        """Encode the constant parts of both scripts' commands once (Python packing costs more than Redis)."""
+        cfg = self.config
+        fixed = (RECORD.sha, "3", *self.keys)
+        self._record_config = (
+            cfg.window_size, cfg.minimum_calls, cfg.failure_rate_threshold, cfg.consecutive_failures,
+            cfg.success_threshold, cfg.wait_seconds, cfg.wait_multiplier, cfg.max_wait_seconds,
+        )  # fmt: skip
+        self._record_head = _array(1 + len(fixed) + 4 + len(self._record_config)) + _bulks("EVALSHA", *fixed)
+        self._record_tail = _bulks(*self._record_config)
+        self._admit_head = _array(1 + len(fixed) + 3) + _bulks("EVALSHA", ADMIT.sha, "3", *self.keys)
+        self._admit_tail = _bulks(cfg.half_open_calls, cfg.trial_timeout)
+
+    def operate(self, operation: str) -> str:
+        return str(self.channel.call("EVALSHA", OPERATE.sha, 3, *self.keys, operation))
+
+    def read(self) -> dict[str, str]:
+        return dict(self.channel.call("HGETALL", self.keys[0]) or {})
+
+    def window_length(self) -> int:
+        return int(self.channel.call("LLEN", self.keys[1]))
+
+
+def known_breakers(channel: RedisChannel, prefix: str) -> list[str]:
+    """Names of every breaker that ever admitted a call against this Redis."""
+    return sorted(channel.call("SMEMBERS", f"{prefix}:{REGISTRY_SUFFIX}") or [])
