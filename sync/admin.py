@@ -1,0 +1,452 @@
+"""The admin: fabrics at a glance, their sync runs and resources (read-only).
+
+The fabric changelist answers "what is broken and since when?" without opening a
+fabric: a coloured status, how long it has been failing, the age of the last
+success, when it is next due and the truncated last error, all from one query per
+page (counts and "failing since" are annotations, not per-row queries).
+
+Git URLs are shown only through ``Fabric.safe_git_url``: credentials embedded in a
+URL never reach a list, a message or the change form (see ``FabricForm``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.text import Truncator
+from django.utils.timesince import timesince, timeuntil
+
+from sync import operations
+from sync.models import Fabric, Resource, RunStatus, SyncRun, SyncStatus
+from sync.redaction import MASK, redact, redact_url
+
+RECENT_RUNS = 10
+ERROR_CHARS = 80
+# A due fabric not dispatched within this long means ticks are not running.
+OVERDUE_AFTER = timedelta(minutes=3)
+FAILED_RUN_STATUSES = (RunStatus.FAILED, RunStatus.RETRYING, RunStatus.LOST)
+
+STATUS_COLOURS: dict[str, str] = {
+    SyncStatus.NEVER_SYNCED: "#6b7280",
+    SyncStatus.QUEUED: "#2563eb",
+    SyncStatus.SYNCING: "#2563eb",
+    SyncStatus.IN_SYNC: "#15803d",
+    SyncStatus.ERROR: "#b91c1c",
+    SyncStatus.SUSPENDED: "#7c2d12",
+}
+RUN_COLOURS: dict[str, str] = {
+    RunStatus.RUNNING: "#2563eb",
+    RunStatus.SUCCESS: "#15803d",
+    RunStatus.UNCHANGED: "#15803d",
+    RunStatus.FAILED: "#b91c1c",
+    RunStatus.RETRYING: "#b45309",
+    RunStatus.LOST: "#b91c1c",
+}
+DASH = "—"
+
+
+# --- Display helpers -----------------------------------------------------------------
+
+
+def badge(label: str, colour: str, title: str = "") -> SafeString:
+    return format_html(
+        '<span title="{}" style="background:{};color:#fff;padding:2px 8px;border-radius:9px;'
+        'white-space:nowrap;font-weight:600">{}</span>',
+        title,
+        colour,
+        label,
+    )
+
+
+def age(moment: datetime | None, now: datetime, never: str = "never") -> str:
+    """'3 minutes ago' (one unit is enough at a glance), or ``never``."""
+    if moment is None:
+        return never
+    if now - moment < timedelta(minutes=1):
+        return "less than a minute ago"
+    return f"{timesince(moment, now, depth=1)} ago"
+
+
+def truncated(text: str, limit: int = ERROR_CHARS) -> SafeString | str:
+    """The first ``limit`` characters, the whole (redacted) text on hover."""
+    if not text:
+        return DASH
+    safe = redact(text)
+    return format_html('<span title="{}">{}</span>', safe, Truncator(safe).chars(limit))
+
+
+def short_commit(commit: str) -> SafeString | str:
+    return format_html("<code>{}</code>", commit[:10]) if commit else DASH
+
+
+def describe_next_due(fabric: Fabric, now: datetime) -> SafeString | str:
+    """When the scheduler will next dispatch the fabric, in an operator's words."""
+    if not fabric.sync_enabled:
+        return "disabled"
+    if fabric.sync_status == SyncStatus.SUSPENDED:
+        return "suspended: reset failures to resume"
+    if fabric.sync_status in operations.LEASED_STATUSES:
+        return "syncing now" if fabric.sync_status == SyncStatus.SYNCING else "queued"
+    if fabric.next_sync_at > now:
+        return f"in {timeuntil(fabric.next_sync_at, now, depth=1)}"
+    if now - fabric.next_sync_at > OVERDUE_AFTER:
+        # Due for minutes yet not dispatched: the master tick is not running.
+        return format_html(
+            '<span style="color:#b91c1c">overdue by {}</span>', timesince(fabric.next_sync_at, now, depth=1)
+        )
+    return "due now"
+
+
+# --- Fabric --------------------------------------------------------------------------
+
+
+class FabricForm(forms.ModelForm):
+    """Shows the Git URL with credentials masked and keeps the stored one when unchanged.
+
+    An operator who edits other fields submits the masked URL back; that means
+    "keep what is stored". A new URL must be typed in full, credentials included.
+    """
+
+    class Meta:
+        model = Fabric
+        fields = ["name", "description", "git_url", "git_branch", "git_path", "sync_interval", "sync_enabled"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["git_url"] = self.instance.safe_git_url
+
+    def clean_git_url(self) -> str:
+        value: str = self.cleaned_data["git_url"]
+        stored = self.instance.git_url if self.instance.pk else ""
+        if stored and value == redact_url(stored):
+            return stored
+        if MASK in value:
+            raise ValidationError("Re-enter the credentials in full: the masked URL cannot be saved.")
+        return value
+
+
+class HealthFilter(admin.SimpleListFilter):
+    """The two questions an operator asks first: what is failing, and is anything stuck?"""
+
+    title = "health"
+    parameter_name = "health"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("failing", "Failing or suspended"), ("overdue", "Overdue (ticks not dispatching)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> QuerySet[Fabric]:
+        if self.value() == "failing":
+            return queryset.filter(Q(consecutive_failures__gt=0) | Q(sync_status__in=operations.FAILING_STATUSES))
+        if self.value() == "overdue":
+            return queryset.filter(
+                sync_enabled=True, next_sync_at__lt=timezone.now() - OVERDUE_AFTER, lease_expires_at__isnull=True
+            ).exclude(sync_status=SyncStatus.SUSPENDED)
+        return queryset
+
+
+class RecentRunsFormSet(BaseInlineFormSet):
+    """Limits the inline to the latest runs without slicing the queryset itself.
+
+    The admin filters an inline's queryset by the parent after ``get_queryset``, and
+    a sliced queryset cannot be filtered; an ``id IN (latest ids)`` subquery can.
+    """
+
+    def get_queryset(self) -> QuerySet[SyncRun]:
+        if not hasattr(self, "_recent_runs"):
+            runs = super().get_queryset()
+            self._recent_runs = runs.filter(pk__in=runs.values("pk")[:RECENT_RUNS])
+        return self._recent_runs
+
+
+class SyncRunDisplay:
+    """Columns shared by the run inline and the run changelist."""
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: SyncRun) -> SafeString:
+        return badge(run.get_status_display(), RUN_COLOURS.get(run.status, "#6b7280"))
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, run: SyncRun) -> str:
+        return f"{run.duration_ms / 1000:.1f} s" if run.duration_ms is not None else DASH
+
+    @admin.display(description="commit")
+    def commit_short(self, run: SyncRun) -> SafeString | str:
+        return short_commit(run.commit)
+
+    @admin.display(description="resources (+ ~ -)")
+    def changes(self, run: SyncRun) -> str:
+        return f"{run.resources_total} (+{run.resources_created} ~{run.resources_updated} -{run.resources_deleted})"
+
+    @admin.display(description="error")
+    def error(self, run: SyncRun) -> SafeString | str:
+        return truncated(f"{run.error_class}: {run.error_message}" if run.error_class else run.error_message)
+
+
+RUN_INLINE_FIELDS = ("started_at", "trigger", "status_badge", "attempt", "duration", "commit_short", "changes", "error")
+
+
+class SyncRunInline(SyncRunDisplay, admin.TabularInline):
+    model = SyncRun
+    formset = RecentRunsFormSet
+    verbose_name_plural = f"last {RECENT_RUNS} sync runs"
+    fields = RUN_INLINE_FIELDS
+    readonly_fields = RUN_INLINE_FIELDS
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+STATE_FIELDS = (
+    "sync_status",
+    "last_sync",
+    "last_attempt_at",
+    "next_sync_at",
+    "consecutive_failures",
+    "last_error",
+    "current_commit",
+    "source_fingerprint",
+)
+LEASE_FIELDS = ("lease_token", "lease_expires_at", "lease_owner", "lease_deliveries", "created_at", "updated_at")
+
+
+@admin.register(Fabric)
+class FabricAdmin(admin.ModelAdmin):
+    form = FabricForm
+    list_display = [
+        "name",
+        "status",
+        "failing_since",
+        "last_success",
+        "next_due",
+        "consecutive_failures",
+        "commit",
+        "resource_count",
+        "last_error_short",
+        "source",
+    ]
+    list_filter = ["sync_status", "sync_enabled", HealthFilter]
+    search_fields = ["name", "git_url"]
+    readonly_fields = [*STATE_FIELDS, *LEASE_FIELDS]
+    fieldsets = [
+        (None, {"fields": ["name", "description"]}),
+        ("Git source", {"fields": ["git_url", "git_branch", "git_path"]}),
+        ("Schedule", {"fields": ["sync_enabled", "sync_interval"]}),
+        ("State (written by the system)", {"fields": STATE_FIELDS}),
+        ("Lease", {"fields": LEASE_FIELDS, "classes": ["collapse"]}),
+    ]
+    inlines = [SyncRunInline]
+    actions = ["sync_now", "enable_sync", "disable_sync", "reset_failures"]
+    list_per_page = 100
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Fabric]:
+        first_failure = (
+            SyncRun.objects.filter(
+                fabric=OuterRef("pk"),
+                status__in=FAILED_RUN_STATUSES,
+                started_at__gte=Coalesce(OuterRef("last_sync"), OuterRef("created_at")),
+            )
+            .order_by("started_at")
+            .values("started_at")[:1]
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(resource_total=Count("resources"), first_failure_at=Subquery(first_failure))
+        )
+
+    # --- Columns ---
+
+    @admin.display(description="status", ordering="sync_status")
+    def status(self, fabric: Fabric) -> SafeString:
+        label = fabric.get_sync_status_display()
+        if not fabric.sync_enabled:
+            label = f"{label} (disabled)"
+        return badge(label, STATUS_COLOURS.get(fabric.sync_status, "#6b7280"), redact(fabric.last_error))
+
+    @admin.display(description="failing since", ordering="first_failure_at")
+    def failing_since(self, fabric: Fabric) -> str:
+        if fabric.consecutive_failures == 0 and fabric.sync_status not in operations.FAILING_STATUSES:
+            return DASH
+        # Runs may have been pruned: the last attempt is then the best we know.
+        since = getattr(fabric, "first_failure_at", None) or fabric.last_attempt_at
+        return age(since, timezone.now(), never=DASH)
+
+    @admin.display(description="last success", ordering="last_sync")
+    def last_success(self, fabric: Fabric) -> str:
+        return age(fabric.last_sync, timezone.now())
+
+    @admin.display(description="next due", ordering="next_sync_at")
+    def next_due(self, fabric: Fabric) -> SafeString | str:
+        return describe_next_due(fabric, timezone.now())
+
+    @admin.display(description="commit", ordering="current_commit")
+    def commit(self, fabric: Fabric) -> SafeString | str:
+        return short_commit(fabric.current_commit)
+
+    @admin.display(description="resources", ordering="resource_total")
+    def resource_count(self, fabric: Fabric) -> int:
+        return int(getattr(fabric, "resource_total", 0))
+
+    @admin.display(description="last error")
+    def last_error_short(self, fabric: Fabric) -> SafeString | str:
+        return truncated(fabric.last_error)
+
+    @admin.display(description="Git source")
+    def source(self, fabric: Fabric) -> SafeString:
+        where = fabric.safe_git_url
+        if fabric.git_branch:
+            where = f"{where} @ {fabric.git_branch}"
+        if fabric.git_path:
+            where = f"{where} : {fabric.git_path}"
+        return format_html("<code>{}</code>", where)
+
+    # --- Saving: the edited columns only ---
+
+    def save_model(self, request: HttpRequest, obj: Fabric, form: forms.ModelForm, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # A whole-row save would write back state a worker changed since the form
+        # was loaded (a lease, a sync result); see sync.operations.
+        operations.save_settings(obj, form.changed_data, timezone.now())
+
+    # --- Actions ---
+
+    @admin.action(description="Sync now", permissions=["change"])
+    def sync_now(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
+        outcome = operations.enqueue_manual_syncs(_plain(queryset).only("id", "name"), timezone.now())
+        if outcome.enqueued:
+            self.message_user(request, f"Enqueued {_fabrics(len(outcome.enqueued))} for sync.", messages.SUCCESS)
+        if outcome.busy:
+            self.message_user(
+                request,
+                f"Skipped {_fabrics(len(outcome.busy))} because a sync was already running: {', '.join(outcome.busy)}.",
+                messages.WARNING,
+            )
+        if outcome.failed:
+            self.message_user(
+                request,
+                f"Could not enqueue {_fabrics(len(outcome.failed))} ({outcome.error}); nothing was claimed.",
+                messages.ERROR,
+            )
+
+    @admin.action(description="Enable sync", permissions=["change"])
+    def enable_sync(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
+        changed = operations.set_sync_enabled(_plain(queryset), True, timezone.now())
+        self.message_user(request, f"Enabled sync for {_fabrics(changed)}.", messages.SUCCESS)
+
+    @admin.action(description="Disable sync", permissions=["change"])
+    def disable_sync(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
+        changed = operations.set_sync_enabled(_plain(queryset), False, timezone.now())
+        self.message_user(request, f"Disabled sync for {_fabrics(changed)}.", messages.SUCCESS)
+
+    @admin.action(description="Reset failures", permissions=["change"])
+    def reset_failures(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
+        selected = _plain(queryset)
+        reset = operations.reset_failures(selected, timezone.now())
+        self.message_user(request, f"Reset failures of {_fabrics(reset)}; they are due now.", messages.SUCCESS)
+        untouched = selected.count() - reset
+        if untouched:
+            self.message_user(
+                request,
+                f"Left {_fabrics(untouched)} alone: no failures to reset, or a sync is running.",
+                messages.INFO,
+            )
+
+
+def _plain(queryset: QuerySet[Fabric]) -> QuerySet[Fabric]:
+    """The selection without the changelist's annotations (updates refuse aggregates)."""
+    return Fabric.objects.filter(pk__in=queryset.values("pk"))
+
+
+def _fabrics(count: int) -> str:
+    return f"{count} fabric{'' if count == 1 else 's'}"
+
+
+# --- Sync runs and resources: written by the system, read by operators ----------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """No adding or editing. Deleting stays possible (with the delete permission):
+    the admin refuses to delete a fabric if its runs or resources could not be."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # bulk deletion of history is a footgun
+        return actions
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(SyncRunDisplay, ReadOnlyAdmin):
+    list_display = [
+        "started_at",
+        "fabric",
+        "trigger",
+        "status_badge",
+        "attempt",
+        "duration",
+        "commit_short",
+        "changes",
+        "error",
+        "worker",
+    ]
+    list_filter = ["status", "trigger", ("fabric", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["fabric"]
+    search_fields = ["fabric__name", "error_class", "error_message", "commit"]
+    date_hierarchy = "started_at"
+
+
+# The spec is shown as indented JSON (spec_pretty) instead of the raw field.
+RESOURCE_FIELDS = (
+    "fabric",
+    "api_version",
+    "kind",
+    "namespace",
+    "name",
+    "source_file",
+    "content_hash",
+    "updated_at",
+    "spec_pretty",
+)
+
+
+@admin.register(Resource)
+class ResourceAdmin(ReadOnlyAdmin):
+    list_display = ["kind", "name", "namespace", "fabric", "api_version", "source_file", "updated_at"]
+    list_filter = ["kind", ("fabric", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["fabric"]
+    search_fields = ["name", "namespace", "kind", "source_file", "fabric__name"]
+    fields = RESOURCE_FIELDS
+    readonly_fields = RESOURCE_FIELDS
+
+    @admin.display(description="spec")
+    def spec_pretty(self, resource: Resource) -> SafeString:
+        return format_html("<pre>{}</pre>", json.dumps(resource.spec, indent=2, sort_keys=True))

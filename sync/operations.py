@@ -1,0 +1,154 @@
+"""What operators do to fabrics: sync now, enable or disable, reset failures, edit settings.
+
+The admin (and anything else acting for an operator) calls these plain functions
+instead of saving whole ``Fabric`` rows. A whole-row ``save()`` would write back
+the state fields it loaded, silently undoing a lease or a sync result that a worker
+wrote in between; every function here writes only the columns it means to change,
+and leaves fabrics whose lease is held to the sync that holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.db.models import Case, Q, QuerySet, Value, When
+
+from sync import leases
+from sync.models import Fabric, SyncStatus, SyncTrigger
+from sync.redaction import redact
+from sync.scheduling import next_sync_after_failure, next_sync_after_success
+
+logger = logging.getLogger(__name__)
+
+# Editing any of these changes what a sync reads, so the fabric should sync soon.
+SOURCE_FIELDS = frozenset({"git_url", "git_branch", "git_path"})
+# Editing any of these changes when the fabric is next due.
+SCHEDULE_FIELDS = SOURCE_FIELDS | {"sync_interval"}
+# A fabric in one of these states holds a lease: its sync owns the state fields.
+LEASED_STATUSES = (SyncStatus.QUEUED, SyncStatus.SYNCING)
+FAILING_STATUSES = (SyncStatus.ERROR, SyncStatus.SUSPENDED)
+
+
+@dataclass
+class ManualSyncOutcome:
+    """What "Sync now" did: fabrics enqueued, skipped as busy, or not published."""
+
+    enqueued: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def enqueue_manual_syncs(fabrics: Iterable[Fabric], now: datetime) -> ManualSyncOutcome:
+    """Claim each fabric and publish one ``sync.sync_fabric`` task for it.
+
+    1. ``claim_one`` takes the lease whether or not the fabric is due; a fabric whose
+       lease is held (a sync is queued or running) is reported busy, never doubled.
+    2. The task is published with the claim's token, exactly like a tick's dispatch.
+    3. If the broker refuses the publish, the claim is released at once so the
+       fabric does not sit in QUEUED until its queue lease expires.
+    """
+    from sync.tasks import sync_fabric
+
+    outcome = ManualSyncOutcome()
+    for fabric in fabrics:
+        token = leases.claim_one(fabric.id, now)
+        if token is None:
+            outcome.busy.append(fabric.name)
+            continue
+        try:
+            sync_fabric.apply_async((fabric.id, token, SyncTrigger.MANUAL.value))
+        except Exception as exc:
+            leases.release([fabric.id], token)
+            # Broker errors may echo the broker URL, password included.
+            outcome.error = redact(f"{type(exc).__name__}: {exc}")
+            outcome.failed.append(fabric.name)
+            logger.exception("could not enqueue a manual sync of fabric %s", fabric.name)
+            continue
+        outcome.enqueued.append(fabric.name)
+    return outcome
+
+
+def set_sync_enabled(fabrics: QuerySet[Fabric], enabled: bool, now: datetime) -> int:
+    """Enable or disable scheduled syncs; returns how many fabrics changed.
+
+    A disabled fabric's running sync still finishes; it is simply not dispatched again.
+    """
+    return fabrics.exclude(sync_enabled=enabled).update(sync_enabled=enabled, updated_at=now)
+
+
+def reset_failures(fabrics: QuerySet[Fabric], now: datetime) -> int:
+    """Forget the failure streak of every selected fabric that has one and holds no lease.
+
+    Clears ``consecutive_failures`` and ``last_error``, lifts a suspension, and makes
+    the fabric due at once so the next tick retries it instead of waiting out the
+    failure backoff. The status returns to what the last success says: ``in_sync``
+    if the fabric ever synced, else ``never_synced``. Fabrics with a sync queued or
+    running are skipped: that sync owns their state and will record its own outcome.
+    Healthy fabrics are skipped too, so a reset never triggers a needless sync.
+    Returns how many fabrics were reset.
+    """
+    failing = Q(consecutive_failures__gt=0) | Q(sync_status__in=FAILING_STATUSES) | ~Q(last_error="")
+    return (
+        fabrics.filter(failing)
+        .exclude(sync_status__in=LEASED_STATUSES)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+        .update(
+            consecutive_failures=0,
+            last_error="",
+            sync_status=Case(
+                When(last_sync__isnull=True, then=Value(SyncStatus.NEVER_SYNCED)),
+                default=Value(SyncStatus.IN_SYNC),
+            ),
+            next_sync_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def rescheduled_next_sync(fabric: Fabric, changed: Iterable[str], now: datetime) -> datetime | None:
+    """When a fabric whose settings an operator just changed should next sync.
+
+    1. Nothing that affects scheduling changed: None (keep ``next_sync_at``).
+    2. The source (URL, branch or path) changed: now, so the new desired state is
+       read at the next tick rather than up to an interval later.
+    3. Only the interval changed: recompute from the last outcome with the new
+       interval: after a failure streak, the failure backoff from the last attempt;
+       after a success, the last success plus the interval; never synced, now.
+       A moment already past becomes now.
+    """
+    changed = set(changed)
+    if not changed & SCHEDULE_FIELDS:
+        return None
+    if changed & SOURCE_FIELDS:
+        return now
+    if fabric.consecutive_failures > 0:
+        failed_at = fabric.last_attempt_at or now
+        candidate = next_sync_after_failure(
+            failed_at, fabric.consecutive_failures, fabric.sync_interval, settings.SYNC_FAILURE_BACKOFF_MAX
+        )
+    elif fabric.last_sync is not None:
+        candidate = next_sync_after_success(fabric.last_sync, fabric.sync_interval)
+    else:
+        candidate = now
+    return max(candidate, now)
+
+
+def save_settings(fabric: Fabric, changed: Iterable[str], now: datetime) -> None:
+    """Save an operator's edit of an existing fabric: the edited columns only.
+
+    ``fabric`` carries the new values (from a validated form); state written by the
+    system in the meantime is left untouched. ``next_sync_at`` is recomputed with
+    ``rescheduled_next_sync`` when scheduling-relevant fields changed.
+    """
+    fields = set(changed) - {"id"}
+    next_sync = rescheduled_next_sync(fabric, fields, now)
+    if next_sync is not None:
+        fabric.next_sync_at = next_sync
+        fields.add("next_sync_at")
+    if fields:
+        fabric.save(update_fields=sorted(fields | {"updated_at"}))
