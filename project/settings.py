@@ -68,6 +68,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # First after security: times every request for the response-time scaling metric.
+    "scaling.middleware.ResponseTimeMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -206,7 +208,14 @@ CELERY_TASK_TIME_LIMIT = SYNC_HARD_TIME_LIMIT
 # Redelivery of unacked messages happens after this; it must exceed the lease and any
 # retry countdown (bounded by SYNC_RETRY_BACKOFF_MAX) or Redis re-runs tasks in a loop.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
-CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+    "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
+    # Celery's default (20 retries, 1 s apart) would stall a tick for 20 s when Redis is down.
+    "retry_policy": {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+}
+# A publish to an unreachable broker fails within a few seconds instead of stalling the
+# tick; the tick then releases the claims it could not dispatch.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_TRACK_STARTED = True
@@ -231,3 +240,34 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Scaling ---------------------------------------------------------------------------
+# Docker services scaled by scaling policies (see scaling/). Every number has an
+# environment override; the defaults follow Kubernetes' HPA (docs/architecture.md).
+# The engine the scaler talks to; DOCKER_HOST is honoured like the docker CLI does.
+SCALING_DOCKER_URL = os.environ.get("SCALING_DOCKER_URL", os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+SCALING_DOCKER_TIMEOUT = env_int("SCALING_DOCKER_TIMEOUT", 10)  # seconds per Engine API call
+# Stats calls take ~1 s each (the engine waits for a second CPU sample): run them in parallel.
+SCALING_STATS_WORKERS = env_int("SCALING_STATS_WORKERS", 32)
+# A metric older than two ticks is stale: it may vote to scale up, never down.
+SCALING_TICK_SECONDS = env_int("SCALING_TICK_SECONDS", 60)
+SCALING_METRIC_STALE_SECONDS = env_int("SCALING_METRIC_STALE_SECONDS", 2 * SCALING_TICK_SECONDS)
+# Request durations: the middleware records this process's requests under this service
+# name into a rolling window of cache buckets (Redis), read back by the collector.
+SCALING_RESPONSE_TIME_SERVICE = os.environ.get("SCALING_RESPONSE_TIME_SERVICE", "backend")
+SCALING_RESPONSE_TIME_WINDOW = env_int("SCALING_RESPONSE_TIME_WINDOW", 60)
+SCALING_RESPONSE_TIME_BUCKET = env_int("SCALING_RESPONSE_TIME_BUCKET", 10)
+# Draining a Celery worker waits for its active tasks up to the task soft time limit, and
+# stopping it gives it at least that long before SIGKILL (docker-py overrides StopTimeout).
+SCALING_WORKER_SOFT_TIME_LIMIT = env_int("SCALING_WORKER_SOFT_TIME_LIMIT", CELERY_TASK_SOFT_TIME_LIMIT)
+SCALING_DRAIN_POLL_SECONDS = float(os.environ.get("SCALING_DRAIN_POLL_SECONDS", "1.0"))
+# One evaluation may drain and stop several workers: its limits cover that, and the
+# per-service lock outlives the hard limit, so a lock only expires once its holder is dead.
+# Order (checked by scaling.checks): drain < soft limit < hard limit < lock.
+SCALING_TASK_SOFT_TIME_LIMIT = env_int("SCALING_TASK_SOFT_TIME_LIMIT", 2 * SCALING_WORKER_SOFT_TIME_LIMIT + 60)
+SCALING_TASK_TIME_LIMIT = env_int("SCALING_TASK_TIME_LIMIT", SCALING_TASK_SOFT_TIME_LIMIT + 30)
+SCALING_LOCK_SECONDS = env_int("SCALING_LOCK_SECONDS", SCALING_TASK_TIME_LIMIT + 30)
+# The per-service lock lives in Redis (SET NX PX + compare-and-delete).
+SCALING_REDIS_URL = os.environ.get("SCALING_REDIS_URL", CACHE_URL)
+# Stabilisation rows older than this are pruned (the window itself is per policy).
+SCALING_RECOMMENDATION_RETENTION = env_int("SCALING_RECOMMENDATION_RETENTION", 3600)

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import NotRequired, TypedDict
 
 from django.core.cache import cache
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,10 @@ def registered_steps() -> list[TickStep]:
 def run_tick(now: datetime | None = None) -> TickSummary:
     """Run every registered step once and return a small JSON-able summary."""
     now = now or timezone.now()
-    # A long-lived beat/worker process may hold a connection the database dropped.
-    close_old_connections()
+    # A long-lived worker may hold a connection the database dropped. (Not inside a
+    # transaction: Django would close a connection that is mid-transaction.)
+    if not connection.in_atomic_block:
+        close_old_connections()
     started = time.perf_counter()
     metrics: dict[str, int] = {}
     steps: dict[str, str] = {}

@@ -88,7 +88,7 @@ WORKER_ENV_DEFAULTS = {
 }
 
 
-def test_database_url() -> str:
+def worker_database_url() -> str:
     """A URL for the test database the test process is using right now."""
     db = connection.settings_dict
     if connection.vendor == "sqlite":
@@ -169,7 +169,7 @@ def worker_factory(
         env = {
             **os.environ,
             **WORKER_ENV_DEFAULTS,
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": worker_database_url(),
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
             "SYNC_ALLOWED_LOCAL_ROOTS": ",".join(settings.SYNC_ALLOWED_LOCAL_ROOTS),
