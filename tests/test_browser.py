@@ -1,0 +1,100 @@
+"""An operator in a real browser: log in, "Sync now" the demo fabric, watch it reach in_sync.
+
+Everything is real: ``manage.py bootstrap`` makes the admin user and the demo Git
+repository, pytest-django's live server serves the admin, Chromium (Debian's
+package, driven by Playwright) clicks through it, and a real Celery worker runs
+the sync from the Redis queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from sync.models import Fabric, SyncStatus
+from tests.conftest import require
+
+pytestmark = [pytest.mark.browser, pytest.mark.worker]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "correct-horse-battery-staple-42"
+SYNC_DEADLINE_SECONDS = 60
+
+
+@pytest.fixture
+def bootstrapped(transactional_db: None, settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fabric:
+    """The state ``make run`` starts from, in a private VAR_DIR.
+
+    Requested before ``celery_worker``, so the worker inherits the allowed roots.
+    """
+    var = tmp_path / "var"
+    settings.VAR_DIR = var
+    settings.SYNC_ALLOWED_LOCAL_ROOTS = [*settings.SYNC_ALLOWED_LOCAL_ROOTS, str(var / "repos")]
+    monkeypatch.setenv("ADMIN_PASSWORD", PASSWORD)
+    call_command("bootstrap", stdout=StringIO())
+    return Fabric.objects.get(name="demo")
+
+
+@pytest.fixture
+def page(monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    require(CHROMIUM.exists(), f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an asyncio event loop in this thread, so Django's
+    # async-safety check would refuse the test's own (synchronous) ORM calls with
+    # SynchronousOnlyOperation. No ORM call here runs inside that loop; the flag is
+    # scoped to this test by monkeypatch.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            tab = browser.new_page()
+            tab.set_default_timeout(15_000)
+            yield tab
+        finally:
+            browser.close()
+
+
+def test_an_operator_syncs_the_demo_fabric_from_the_admin_and_sees_it_in_sync(
+    bootstrapped, live_server, celery_worker, page, settings
+):
+    page.goto(f"{live_server.url}/admin/sync/fabric/")
+    page.fill("#id_username", settings.ADMIN_USERNAME)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/sync/fabric/")
+
+    row = page.locator("#result_list tbody tr").filter(has=page.locator("th a", has_text="demo"))
+    assert "Never synced" in row.locator("td.field-status").inner_text()
+    row.locator("input.action-select").check()
+    page.select_option("select[name=action]", "sync_now")
+    page.click("button[name=index]")
+    assert "Enqueued 1 fabric for sync." in page.locator("ul.messagelist").inner_text()
+
+    status = ""
+    deadline = time.monotonic() + SYNC_DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        page.reload()
+        status = row.locator("td.field-status").inner_text()
+        if "In sync" in status:
+            break
+        time.sleep(0.5)
+    assert "In sync" in status, celery_worker.log()
+    assert row.locator("td.field-resource_count").inner_text() == "12"
+    bootstrapped.refresh_from_db()
+    assert bootstrapped.sync_status == SyncStatus.IN_SYNC
