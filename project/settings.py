@@ -271,3 +271,76 @@ SCALING_LOCK_SECONDS = env_int("SCALING_LOCK_SECONDS", SCALING_TASK_TIME_LIMIT +
 SCALING_REDIS_URL = os.environ.get("SCALING_REDIS_URL", CACHE_URL)
 # Stabilisation rows older than this are pruned (the window itself is per policy).
 SCALING_RECOMMENDATION_RETENTION = env_int("SCALING_RECOMMENDATION_RETENTION", 3600)
+
+# --- Resilience ---------------------------------------------------------------------------
+# Circuit breakers, health checks, auto-healing and resilient calls (resilience/,
+# docs/resilience.md says where each default comes from). Everything below this line
+# up to the end-of-block marker belongs to the resilience app.
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+# Breaker state is shared through this Redis (the cache's by default).
+BREAKER_REDIS_URL = os.environ.get("BREAKER_REDIS_URL", CACHE_URL)
+BREAKER_KEY_PREFIX = os.environ.get("BREAKER_KEY_PREFIX", "fcp:breaker")
+# Short: a dead Redis must not stall calls; the breaker falls back to per-process state.
+BREAKER_REDIS_TIMEOUT = _env_float("BREAKER_REDIS_TIMEOUT", 0.5)
+BREAKER_REDIS_RETRY_SECONDS = _env_float("BREAKER_REDIS_RETRY_SECONDS", 5.0)
+# Hystrix' 20-call volume and 50 % error rate, pybreaker's run of 5 failures (our
+# dependencies are low-volume, so resilience4j's 100-call minimum would never trip).
+BREAKER_FAILURE_RATE_THRESHOLD = _env_float("BREAKER_FAILURE_RATE_THRESHOLD", 50.0)
+BREAKER_WINDOW_SIZE = env_int("BREAKER_WINDOW_SIZE", 20)
+BREAKER_MINIMUM_CALLS = env_int("BREAKER_MINIMUM_CALLS", 20)
+BREAKER_CONSECUTIVE_FAILURES = env_int("BREAKER_CONSECUTIVE_FAILURES", 5)
+# 30 s in OPEN, doubling on each failed recovery up to 5 min.
+BREAKER_WAIT_SECONDS = _env_float("BREAKER_WAIT_SECONDS", 30.0)
+BREAKER_WAIT_MULTIPLIER = _env_float("BREAKER_WAIT_MULTIPLIER", 2.0)
+BREAKER_MAX_WAIT_SECONDS = _env_float("BREAKER_MAX_WAIT_SECONDS", 300.0)
+# The whole fleet sends at most 3 trial calls to a recovering dependency; 3 successes close.
+BREAKER_HALF_OPEN_CALLS = env_int("BREAKER_HALF_OPEN_CALLS", 3)
+BREAKER_SUCCESS_THRESHOLD = env_int("BREAKER_SUCCESS_THRESHOLD", 3)
+BREAKER_TRIAL_TIMEOUT = _env_float("BREAKER_TRIAL_TIMEOUT", 30.0)
+
+# Health checks: django-health-check's 5 s per check; 2 failures before UNHEALTHY and
+# 2 successes before HEALTHY again, so one blip neither pages nor heals.
+HEALTH_CHECK_TIMEOUT = _env_float("HEALTH_CHECK_TIMEOUT", 5.0)
+HEALTH_WORKER_PING_TIMEOUT = _env_float("HEALTH_WORKER_PING_TIMEOUT", 1.0)
+HEALTH_BEAT_MAX_AGE = env_int("HEALTH_BEAT_MAX_AGE", 180)  # three missed 60 s ticks
+HEALTH_DISK_DEGRADED_PERCENT = _env_float("HEALTH_DISK_DEGRADED_PERCENT", 10.0)
+HEALTH_DISK_UNHEALTHY_PERCENT = _env_float("HEALTH_DISK_UNHEALTHY_PERCENT", 5.0)
+HEALTH_LEASE_GRACE_SECONDS = env_int("HEALTH_LEASE_GRACE_SECONDS", 180)
+HEALTH_GIT_TIMEOUT = env_int("HEALTH_GIT_TIMEOUT", 10)
+HEALTH_MAX_GIT_SOURCES = env_int("HEALTH_MAX_GIT_SOURCES", 50)
+# Docker checks run when an engine is configured; containers opt in with this label.
+HEALTH_DOCKER_ENABLED = env_bool(
+    "HEALTH_DOCKER_ENABLED", "DOCKER_HOST" in os.environ or Path("/var/run/docker.sock").exists()
+)
+HEALTH_DOCKER_TIMEOUT = env_int("HEALTH_DOCKER_TIMEOUT", 3)
+HEALTH_CONTAINER_LABEL = os.environ.get("HEALTH_CONTAINER_LABEL", "fcp.health.managed")
+# The check tasks of a sweep are dropped if still queued when the next tick comes.
+HEALTH_SWEEP_EXPIRES_SECONDS = env_int("HEALTH_SWEEP_EXPIRES_SECONDS", 55)
+HEALTH_TASK_SOFT_TIME_LIMIT = env_int("HEALTH_TASK_SOFT_TIME_LIMIT", 45)
+
+# Healing: after 3 failing sweeps; Kubernetes' backoff (10 s doubling to 5 min, reset
+# after 10 healthy minutes); at most 5 attempts an hour, then "needs attention".
+HEAL_AFTER_FAILURES = env_int("HEAL_AFTER_FAILURES", 3)
+HEAL_BACKOFF_INITIAL_SECONDS = env_int("HEAL_BACKOFF_INITIAL_SECONDS", 10)
+HEAL_BACKOFF_MAX_SECONDS = env_int("HEAL_BACKOFF_MAX_SECONDS", 300)
+HEAL_RESET_AFTER_SECONDS = env_int("HEAL_RESET_AFTER_SECONDS", 600)
+HEAL_MAX_ATTEMPTS = env_int("HEAL_MAX_ATTEMPTS", 5)
+HEAL_WINDOW_SECONDS = env_int("HEAL_WINDOW_SECONDS", 3600)
+HEAL_LOCK_SECONDS = env_int("HEAL_LOCK_SECONDS", 120)  # outlives one action; a dead healer's lock expires
+HEAL_CONTAINER_STOP_TIMEOUT = env_int("HEAL_CONTAINER_STOP_TIMEOUT", 10)
+# The "restart a worker's pool" heal action uses Celery's pool_restart control command.
+CELERY_WORKER_POOL_RESTARTS = env_bool("CELERY_WORKER_POOL_RESTARTS", True)
+
+# Resilient HTTP calls (resilience.rpc): per-attempt timeout, attempts, one overall deadline.
+RPC_TIMEOUT = _env_float("RPC_TIMEOUT", 5.0)
+RPC_DEADLINE = _env_float("RPC_DEADLINE", 15.0)
+RPC_MAX_ATTEMPTS = env_int("RPC_MAX_ATTEMPTS", 3)
+RPC_BACKOFF_BASE = _env_float("RPC_BACKOFF_BASE", 0.2)
+RPC_BACKOFF_MAX = _env_float("RPC_BACKOFF_MAX", 5.0)
+# --- end of Resilience ---
