@@ -1,0 +1,246 @@
+"""The admin for operators: "what is broken, since when, and what did healing do?"
+
+- Component health: coloured status, how long it has held, failure run, whether
+  healing gave up ("needs attention") or an operator parked it (maintenance), with
+  its transitions and healing attempts inline. Actions: maintenance on/off, resume
+  healing after "needs attention".
+- Circuit breakers: the snapshot refreshed each tick; actions force open, disable and
+  reset act on the live state in Redis and refresh the row.
+- Transitions and healing attempts: read-only history, filterable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.timesince import timesince
+
+from resilience import healing, snapshots
+from resilience.models import (
+    CircuitBreakerState,
+    ComponentHealth,
+    HealingAttempt,
+    HealingOutcome,
+    HealthStatus,
+    HealthTransition,
+)
+
+COLOURS: dict[str, str] = {
+    HealthStatus.HEALTHY: "#15803d",
+    HealthStatus.DEGRADED: "#b45309",
+    HealthStatus.UNHEALTHY: "#b91c1c",
+    HealthStatus.UNKNOWN: "#6b7280",
+    "closed": "#15803d",
+    "half_open": "#b45309",
+    "open": "#b91c1c",
+    "forced_open": "#7c2d12",
+    "disabled": "#6b7280",
+    HealingOutcome.SUCCEEDED: "#15803d",
+    HealingOutcome.NOT_HEALED: "#b45309",
+    HealingOutcome.FAILED: "#b91c1c",
+    HealingOutcome.RUNNING: "#2563eb",
+}
+
+
+def badge(label: str, key: str) -> SafeString:
+    return format_html(
+        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:9px;font-weight:600">{}</span>',
+        COLOURS.get(key, "#6b7280"),
+        label,
+    )
+
+
+def ago(moment: datetime | None) -> str:
+    return f"{timesince(moment, timezone.now(), depth=1)} ago" if moment else "—"
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    max_num = 0
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class TransitionInline(ReadOnlyInline):
+    model = HealthTransition
+    fields = ("at", "from_status", "to_status", "message")
+    readonly_fields = fields
+    ordering = ("-at",)
+
+
+class AttemptInline(ReadOnlyInline):
+    model = HealingAttempt
+    fields = ("started_at", "action", "attempt", "outcome", "host", "message")
+    readonly_fields = fields
+    ordering = ("-started_at",)
+
+
+@admin.register(ComponentHealth)
+class ComponentHealthAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "status_badge",
+        "since",
+        "component_type",
+        "critical",
+        "consecutive_failures",
+        "needs_attention",
+        "in_maintenance",
+        "heal_attempts",
+        "checked",
+        "last_message",
+    )
+    list_filter = ("status", "component_type", "critical", "needs_attention", "in_maintenance")
+    search_fields = ("name", "last_message")
+    ordering = ("status", "name")
+    readonly_fields = (
+        "name",
+        "component_type",
+        "critical",
+        "status",
+        "status_since",
+        "consecutive_failures",
+        "consecutive_successes",
+        "last_message",
+        "last_latency_ms",
+        "last_details",
+        "last_checked_at",
+        "needs_attention",
+        "heal_attempts",
+        "heal_window_started_at",
+        "heal_backoff_seconds",
+        "next_heal_at",
+        "heal_lock_until",
+        "heal_lock_owner",
+        "updated_at",
+    )
+    inlines = (TransitionInline, AttemptInline)
+    actions = ("start_maintenance", "end_maintenance", "resume_healing")
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: ComponentHealth) -> SafeString:
+        return badge(obj.get_status_display(), obj.status)
+
+    @admin.display(description="since", ordering="status_since")
+    def since(self, obj: ComponentHealth) -> str:
+        return ago(obj.status_since)
+
+    @admin.display(description="checked", ordering="last_checked_at")
+    def checked(self, obj: ComponentHealth) -> str:
+        return ago(obj.last_checked_at)
+
+    @admin.action(description="Put in maintenance (healing leaves them alone)")
+    def start_maintenance(self, request: HttpRequest, queryset: QuerySet[ComponentHealth]) -> None:
+        count = queryset.update(in_maintenance=True)
+        self.message_user(request, f"{count} component(s) in maintenance: no healing until you end it.")
+
+    @admin.action(description="End maintenance")
+    def end_maintenance(self, request: HttpRequest, queryset: QuerySet[ComponentHealth]) -> None:
+        count = queryset.update(in_maintenance=False)
+        self.message_user(request, f"{count} component(s) out of maintenance.")
+
+    @admin.action(description="Resume healing (clear needs attention, full budget)")
+    def resume_healing(self, request: HttpRequest, queryset: QuerySet[ComponentHealth]) -> None:
+        count = healing.resume(list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"Healing resumed for {count} component(s) with a full budget.")
+
+
+@admin.register(CircuitBreakerState)
+class CircuitBreakerStateAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "state_badge",
+        "failure_rate",
+        "consecutive_failures",
+        "rejected_calls",
+        "total_calls",
+        "opened",
+        "open_until",
+        "refreshed_at",
+    )
+    list_filter = ("state",)
+    search_fields = ("name",)
+    readonly_fields = tuple(f.name for f in CircuitBreakerState._meta.fields)
+    actions = ("force_open", "disable", "reset")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # breakers exist in code; rows appear when they are first used
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: CircuitBreakerState) -> SafeString:
+        return badge(obj.get_state_display(), obj.state)
+
+    @admin.display(description="opened", ordering="opened_at")
+    def opened(self, obj: CircuitBreakerState) -> str:
+        return ago(obj.opened_at) if obj.state != "closed" else "—"
+
+    def _operate(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState], operation: str) -> None:
+        names = list(queryset.values_list("name", flat=True))
+        try:
+            count = snapshots.operate(names, operation)
+        except Exception as exc:
+            self.message_user(request, f"Could not {operation} (Redis: {type(exc).__name__})", messages.ERROR)
+            return
+        self.message_user(request, f"{operation.replace('_', ' ')}: {count} breaker(s), effective on every host.")
+
+    @admin.action(description="Force open (reject every call)")
+    def force_open(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
+        self._operate(request, queryset, "force_open")
+
+    @admin.action(description="Disable (let every call through)")
+    def disable(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
+        self._operate(request, queryset, "disable")
+
+    @admin.action(description="Reset (closed, empty window)")
+    def reset(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
+        self._operate(request, queryset, "reset")
+
+
+@admin.register(HealthTransition)
+class HealthTransitionAdmin(admin.ModelAdmin):
+    list_display = ("at", "component", "from_status", "to_badge", "message")
+    list_filter = ("to_status", "component__component_type")
+    search_fields = ("component__name", "message")
+    list_select_related = ("component",)
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.display(description="to", ordering="to_status")
+    def to_badge(self, obj: HealthTransition) -> SafeString:
+        return badge(obj.get_to_status_display(), obj.to_status)
+
+
+@admin.register(HealingAttempt)
+class HealingAttemptAdmin(admin.ModelAdmin):
+    list_display = ("started_at", "component", "action", "attempt", "outcome_badge", "host", "message")
+    list_filter = ("outcome", "action")
+    search_fields = ("component__name", "message")
+    list_select_related = ("component",)
+    date_hierarchy = "started_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_badge(self, obj: HealingAttempt) -> SafeString:
+        return badge(obj.get_outcome_display(), obj.outcome)

@@ -1,0 +1,261 @@
+"""The built-in health checks. Importing this module registers them (see ``apps.py``).
+
+Each check keeps its own I/O timeout below the runner's timeout, so an abandoned
+thread rarely outlives its sweep. Messages are redacted by the runner; none of them
+includes a URL with credentials in the first place.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.utils import timezone
+
+from project.tick import LAST_TICK_CACHE_KEY
+from resilience.health import HealthCheck, HealthCheckResult, Report, health_check, register
+from resilience.models import ComponentType, HealthStatus
+from sync.redaction import redact
+
+H, D, U, UNKNOWN = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY, HealthStatus.UNKNOWN
+TIMEOUT = settings.HEALTH_CHECK_TIMEOUT
+
+
+@health_check("database", ComponentType.DATABASE, critical=True, timeout=TIMEOUT)
+def check_database() -> Report:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return Report(H, f"{connection.vendor} answers")
+
+
+@health_check("cache", ComponentType.CACHE, critical=True, timeout=TIMEOUT)
+def check_cache() -> Report:
+    value = timezone.now().isoformat()
+    cache.set("resilience:health-probe", value, timeout=30)
+    if cache.get("resilience:health-probe") != value:
+        return Report(U, "cache did not return what was just written")
+    return Report(H, "cache answers")
+
+
+def broker_reachable(timeout: int = 3) -> None:
+    """Open a broker connection and make one round trip; raise if it cannot."""
+    from project.celery_app import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+        client = getattr(conn.default_channel, "client", None)
+        if client is not None:  # Redis transport: a real PING, not just a socket
+            client.ping()
+
+
+@health_check("broker", ComponentType.BROKER, critical=True, timeout=TIMEOUT)
+def check_broker() -> Report:
+    broker_reachable()
+    return Report(H, "broker answers")
+
+
+@health_check("workers", ComponentType.WORKER, critical=True, timeout=TIMEOUT)
+def check_workers() -> Report:
+    """Ping workers only once the broker answered (a ping to a dead broker hangs)."""
+    from project.celery_app import app
+
+    try:
+        broker_reachable()
+    except Exception as exc:
+        return Report(UNKNOWN, f"skipped: broker unreachable ({type(exc).__name__})")
+    # The consumer thread answers control messages even when every pool process is
+    # busy, so a busy worker still replies; a worker that does not is gone or stuck.
+    replies = app.control.ping(timeout=settings.HEALTH_WORKER_PING_TIMEOUT)
+    names = sorted(name for reply in replies or [] for name in reply)
+    if not names:
+        return Report(U, "no Celery worker answered a ping")
+    return Report(H, f"{len(names)} worker(s) answered", {"workers": names})
+
+
+@health_check("scheduler", ComponentType.SCHEDULER, critical=True, timeout=TIMEOUT)
+def check_scheduler() -> Report:
+    """The age of the last master tick (recorded by ``project.tick``)."""
+    summary = cache.get(LAST_TICK_CACHE_KEY)
+    if not summary:
+        return Report(UNKNOWN, "no tick recorded yet")
+    at = datetime.fromisoformat(str(summary["at"]))
+    age = (timezone.now() - at).total_seconds()
+    details = {"last_tick_at": at.isoformat(), "age_seconds": round(age, 1)}
+    if age > settings.HEALTH_BEAT_MAX_AGE:
+        return Report(U, f"last tick {age:.0f} s ago (limit {settings.HEALTH_BEAT_MAX_AGE} s)", details)
+    if summary.get("errors"):
+        return Report(D, f"last tick had failing steps: {', '.join(summary['errors'])}", details)
+    return Report(H, f"last tick {age:.0f} s ago", details)
+
+
+@health_check("disk", ComponentType.DISK, timeout=TIMEOUT)
+def check_disk() -> Report:
+    usage = shutil.disk_usage(settings.VAR_DIR)
+    free = 100.0 * usage.free / usage.total
+    details = {"free_percent": round(free, 1), "free_bytes": usage.free}
+    if free < settings.HEALTH_DISK_UNHEALTHY_PERCENT:
+        return Report(U, f"only {free:.1f} % free under var/", details)
+    if free < settings.HEALTH_DISK_DEGRADED_PERCENT:
+        return Report(D, f"{free:.1f} % free under var/", details)
+    return Report(H, f"{free:.1f} % free under var/", details)
+
+
+@health_check("sync_leases", ComponentType.SYNC, timeout=TIMEOUT, failure_threshold=1, live=False)
+def check_sync_leases() -> Report:
+    """Leases long past their expiry mean the reaper (the tick's sync step) is not running."""
+    from sync.models import Fabric, SyncStatus
+
+    cutoff = timezone.now() - timedelta(seconds=settings.HEALTH_LEASE_GRACE_SECONDS)
+    stuck = Fabric.objects.filter(
+        sync_status__in=[SyncStatus.QUEUED, SyncStatus.SYNCING], lease_expires_at__lte=cutoff
+    ).count()
+    if stuck:
+        return Report(U, f"{stuck} fabric lease(s) expired more than {settings.HEALTH_LEASE_GRACE_SECONDS} s ago")
+    return Report(H, "no stale sync leases")
+
+
+def _breaker_results() -> list[HealthCheckResult]:
+    from resilience.snapshots import read_breakers
+
+    check = BREAKERS
+    results = []
+    for metrics in read_breakers():
+        opened = metrics.state.value in ("open", "half_open", "forced_open")
+        # An open breaker is doing its job: its component is DEGRADED, never the system DOWN.
+        status = D if opened else H
+        message = f"{metrics.state.value}, failure rate {metrics.failure_rate:g} %"
+        results.append(
+            HealthCheckResult(
+                component=f"breaker:{metrics.name}",
+                component_type=ComponentType.BREAKER,
+                status=status,
+                message=message,
+                details={"rejected_calls": metrics.rejected_calls},
+                failure_threshold=check.failure_threshold,
+                success_threshold=check.success_threshold,
+            )
+        )
+    return results
+
+
+BREAKERS = register(
+    HealthCheck("breaker", ComponentType.BREAKER, _breaker_results, timeout=TIMEOUT, provider=True, success_threshold=1)
+)
+
+
+def _git_results() -> list[HealthCheckResult]:
+    """One component per distinct Git URL of the enabled fabrics (capped per sweep)."""
+    from sync.models import Fabric
+
+    urls = list(
+        Fabric.objects.filter(sync_enabled=True)
+        .values_list("git_url", flat=True)
+        .distinct()
+        .order_by("git_url")[: settings.HEALTH_MAX_GIT_SOURCES]
+    )
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(urls)))) as pool:
+        return list(pool.map(_probe_git, urls))
+
+
+def _probe_git(url: str) -> HealthCheckResult:
+    from sync.sources.git import _git_env, transport_url
+
+    started = timezone.now()
+    try:
+        proc = subprocess.run(
+            ["git", "ls-remote", "--exit-code", "--heads", transport_url(url)],
+            capture_output=True,
+            text=True,
+            timeout=settings.HEALTH_GIT_TIMEOUT,
+            env=_git_env(),
+            check=False,
+        )
+        if proc.returncode in (0, 2):  # 2: reachable, but no branches yet
+            status, message = H, "reachable"
+        else:
+            lines = proc.stderr.strip().splitlines()
+            status, message = U, redact(lines[-1] if lines else f"git exited {proc.returncode}")
+    except subprocess.TimeoutExpired:
+        status, message = U, f"no answer within {settings.HEALTH_GIT_TIMEOUT} s"
+    latency = (timezone.now() - started).total_seconds() * 1000
+    return HealthCheckResult(
+        component=f"git:{redact(url)}"[:200],
+        component_type=ComponentType.FABRIC_SOURCE,
+        status=status,
+        message=message[:500],
+        latency_ms=round(latency, 2),
+        failure_threshold=GIT.failure_threshold,
+        success_threshold=GIT.success_threshold,
+    )
+
+
+GIT = register(
+    HealthCheck(
+        "git",
+        ComponentType.FABRIC_SOURCE,
+        _git_results,
+        timeout=settings.HEALTH_GIT_TIMEOUT + 5,
+        provider=True,
+        live=False,
+    )
+)
+
+
+def _docker_client() -> Any:
+    import docker
+
+    return docker.from_env(timeout=settings.HEALTH_DOCKER_TIMEOUT)
+
+
+def _check_docker() -> Report:
+    client = _docker_client()
+    try:
+        client.ping()
+        version = client.version().get("Version", "?")
+    finally:
+        client.close()
+    return Report(H, f"Docker engine {version} answers")
+
+
+def _container_results() -> list[HealthCheckResult]:
+    """Managed containers (label ``HEALTH_CONTAINER_LABEL=true``): running, and healthy if they say."""
+    client = _docker_client()
+    try:
+        containers = client.containers.list(all=True, filters={"label": f"{settings.HEALTH_CONTAINER_LABEL}=true"})
+        results = []
+        for container in containers:
+            state: dict[str, Any] = container.attrs.get("State", {})
+            health = (state.get("Health") or {}).get("Status")
+            if state.get("Status") != "running":
+                status, message = U, f"{state.get('Status')} (exit code {state.get('ExitCode')})"
+            elif health == "unhealthy":
+                status, message = U, "running, but its HEALTHCHECK fails"
+            else:
+                status, message = H, f"running{f', {health}' if health else ''}"
+            results.append(
+                HealthCheckResult(
+                    component=f"container:{container.name}",
+                    component_type=ComponentType.CONTAINER,
+                    status=status,
+                    message=message,
+                    details={"id": container.short_id, "restart_count": container.attrs.get("RestartCount", 0)},
+                    failure_threshold=CONTAINERS.failure_threshold,
+                    success_threshold=CONTAINERS.success_threshold,
+                )
+            )
+        return results
+    finally:
+        client.close()
+
+
+CONTAINERS = HealthCheck("container", ComponentType.CONTAINER, _container_results, timeout=TIMEOUT, provider=True)
+if settings.HEALTH_DOCKER_ENABLED:
+    register(HealthCheck("docker", ComponentType.DOCKER, _check_docker, timeout=TIMEOUT))
+    register(CONTAINERS)

@@ -1,0 +1,196 @@
+"""Resilient HTTP calls: httpx for the request, tenacity for the retries, a breaker per host.
+
+One logical call (``ResilientClient.request``):
+
+1. Asks the target host's shared breaker (``rpc:<host>``) for a permit. A rejected
+   call raises ``CircuitBreakerOpenError`` at once: it is never retried, and nothing
+   is sent.
+2. Makes up to ``max_attempts`` attempts, each with a timeout of at most the per-call
+   timeout and never past the overall deadline. Between attempts it sleeps with full
+   jitter (uniform in [0, min(max, base * 2^n)]); tenacity's ``stop_before_delay``
+   gives up rather than start an attempt after the deadline.
+3. Retries only what is safe: connection failures for every method (nothing was
+   sent), plus timeouts and 502/503/504 answers for idempotent methods.
+4. Reports once to the breaker: success, or failure when the last attempt failed or
+   the server answered 5xx. Four retries of one call are one failure, not five.
+5. Records the call's latency (all attempts and sleeps) for p50/p95/p99 and calls/s.
+   These metrics are this process's view, for dashboards; no decision reads them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from django.conf import settings
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_random_exponential
+
+from resilience.breaker import CircuitBreaker
+from resilience.breaker_core import BreakerConfig
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class RetryableStatus(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        super().__init__(f"{response.status_code} from {response.request.url.host}")
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """The overall deadline of a logical call passed before another attempt could start."""
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    calls: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    calls_per_second: float
+
+
+class LatencyStats:
+    """Latencies of the last ``size`` calls; rate over the last ``window`` seconds."""
+
+    def __init__(self, size: int = 2048, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._samples: deque[tuple[float, float]] = deque(maxlen=size)
+        self._window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def record(self, latency_ms: float) -> None:
+        with self._lock:
+            self._samples.append((self._clock(), latency_ms))
+
+    def summary(self) -> LatencySummary:
+        with self._lock:
+            samples = list(self._samples)
+        if not samples:
+            return LatencySummary(0, 0.0, 0.0, 0.0, 0.0)
+        ordered = sorted(ms for _, ms in samples)
+        now = self._clock()
+        recent = [t for t, _ in samples if t >= now - self._window]
+        span = max(now - recent[0], 1.0) if recent else self._window
+
+        def pct(p: float) -> float:  # nearest rank
+            return round(ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))], 2)
+
+        return LatencySummary(len(samples), pct(0.50), pct(0.95), pct(0.99), round(len(recent) / span, 2))
+
+
+class ResilientClient:
+    def __init__(
+        self,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        max_attempts: int | None = None,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        breaker_config: BreakerConfig | None = None,
+        shared_breakers: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.timeout = timeout if timeout is not None else settings.RPC_TIMEOUT
+        self.deadline = deadline if deadline is not None else settings.RPC_DEADLINE
+        self.max_attempts = max_attempts or settings.RPC_MAX_ATTEMPTS
+        self.backoff_base = backoff_base if backoff_base is not None else settings.RPC_BACKOFF_BASE
+        self.backoff_max = backoff_max if backoff_max is not None else settings.RPC_BACKOFF_MAX
+        self.breaker_config = breaker_config
+        self.shared_breakers = shared_breakers
+        self._sleep = sleep
+        self._http = httpx.Client(transport=transport, follow_redirects=False)
+        self._breakers: dict[str, CircuitBreaker] = {}  # handles only; their state is in Redis
+        self._stats: dict[str, LatencyStats] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ResilientClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def target(url: str | httpx.URL) -> str:
+        parsed = httpx.URL(url)
+        return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+
+    def breaker_for(self, target: str) -> CircuitBreaker:
+        with self._lock:
+            if target not in self._breakers:
+                self._breakers[target] = CircuitBreaker(
+                    f"rpc:{target}", self.breaker_config, shared=self.shared_breakers
+                )
+                self._stats[target] = LatencyStats()
+            return self._breakers[target]
+
+    def stats(self, target: str) -> LatencySummary:
+        with self._lock:
+            stats = self._stats.get(target)
+        return stats.summary() if stats else LatencySummary(0, 0.0, 0.0, 0.0, 0.0)
+
+    def _retryable(self, method: str) -> Callable[[BaseException], bool]:
+        idempotent = method.upper() in IDEMPOTENT
+
+        def decide(exc: BaseException) -> bool:
+            if isinstance(exc, DeadlineExceeded):
+                return False
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                return True  # the request never left: safe for any method
+            return idempotent and isinstance(exc, RetryableStatus | httpx.TimeoutException | httpx.NetworkError)
+
+        return decide
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One logical call (steps 1-5 of the module docstring)."""
+        target = self.target(url)
+        breaker = self.breaker_for(target)
+        permit = breaker.admit()  # step 1: raises CircuitBreakerOpenError, never retried
+        started = time.monotonic()
+        deadline_at = started + self.deadline
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline),
+            wait=wait_random_exponential(multiplier=self.backoff_base, max=self.backoff_max),
+            retry=retry_if_exception(self._retryable(method)),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        response: httpx.Response | None = None
+        try:
+            for attempt in retrying:
+                with attempt:
+                    remaining = deadline_at - time.monotonic()
+                    if remaining <= 0:
+                        raise DeadlineExceeded(f"deadline of {self.deadline:g} s passed")
+                    response = self._http.request(method, url, timeout=min(self.timeout, remaining), **kwargs)
+                    if response.status_code in RETRY_STATUSES:
+                        raise RetryableStatus(response)
+        except RetryableStatus as exc:
+            permit.finish(exc)  # step 4: the dependency is failing; hand back its last answer
+            return exc.response
+        except BaseException as exc:
+            permit.finish(exc)
+            raise
+        finally:
+            self._stats[target].record((time.monotonic() - started) * 1000)
+        assert response is not None
+        permit.finish(RetryableStatus(response) if response.status_code >= 500 else None)
+        return response
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)

@@ -1,0 +1,163 @@
+"""Turn raw check results into each component's smoothed status, with its history.
+
+``next_status`` is the threshold rule (pure); ``record_results`` applies it to
+``ComponentHealth`` rows under a row lock and writes a ``HealthTransition`` for every
+change. When the database itself is down its results cannot be written, so they
+wait in a Redis list and are replayed, in order, by the next recording that reaches
+the database: the outage then appears in the history with the times it happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError, transaction
+
+from resilience.health import HealthCheckResult
+from resilience.models import ComponentHealth, HealthStatus, HealthTransition
+
+logger = logging.getLogger(__name__)
+
+PENDING_KEY = "resilience:pending-results"
+PENDING_MAX = 5000  # results kept while the database is away (about an hour of sweeps)
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    status: HealthStatus
+    consecutive_failures: int
+    consecutive_successes: int
+
+
+def next_status(
+    current: HealthStatus,
+    failures: int,
+    successes: int,
+    raw: HealthStatus,
+    failure_threshold: int,
+    success_threshold: int,
+) -> Smoothed:
+    """The threshold rule.
+
+    1. An UNHEALTHY result counts a failure; the component becomes UNHEALTHY at the
+       ``failure_threshold``-th in a row (until then it keeps its status).
+    2. A HEALTHY or DEGRADED result counts a success; an UNHEALTHY component leaves
+       that state only at the ``success_threshold``-th in a row. Otherwise the
+       result's status applies at once.
+    3. An UNKNOWN result (a check skipped because what it depends on is down) changes
+       nothing.
+    """
+    if raw == HealthStatus.UNKNOWN:
+        return Smoothed(current, failures, successes)
+    if raw == HealthStatus.UNHEALTHY:
+        failures += 1
+        status = HealthStatus.UNHEALTHY if failures >= failure_threshold else current
+        return Smoothed(status, failures, 0)
+    successes += 1
+    if current == HealthStatus.UNHEALTHY and successes < success_threshold:
+        return Smoothed(current, 0, successes)
+    return Smoothed(raw, 0, successes)
+
+
+def _apply(result: HealthCheckResult) -> ComponentHealth | None:
+    component, _ = ComponentHealth.objects.select_for_update().get_or_create(
+        name=result.component,
+        defaults={"component_type": result.component_type, "critical": result.critical},
+    )
+    if component.last_checked_at is not None and result.checked_at <= component.last_checked_at:
+        return None  # an older result arriving late (replayed, or a slow overlapping sweep)
+    smoothed = next_status(
+        HealthStatus(component.status),
+        component.consecutive_failures,
+        component.consecutive_successes,
+        result.status,
+        result.failure_threshold,
+        result.success_threshold,
+    )
+    if smoothed.status != component.status:
+        HealthTransition.objects.create(
+            component=component,
+            from_status=component.status,
+            to_status=smoothed.status,
+            message=result.message,
+            at=result.checked_at,
+        )
+        logger.log(
+            logging.WARNING if smoothed.status == HealthStatus.UNHEALTHY else logging.INFO,
+            "health: %s %s -> %s (%s)",
+            component.name,
+            component.status,
+            smoothed.status,
+            result.message,
+        )
+        component.status = smoothed.status
+        component.status_since = result.checked_at
+    component.component_type = result.component_type
+    component.critical = result.critical
+    component.consecutive_failures = smoothed.consecutive_failures
+    component.consecutive_successes = smoothed.consecutive_successes
+    component.last_message = result.message
+    component.last_latency_ms = result.latency_ms
+    component.last_details = result.details
+    component.last_checked_at = result.checked_at
+    _reset_budget_after_healthy_period(component, result.checked_at)
+    component.save()
+    return component
+
+
+def _reset_budget_after_healthy_period(component: ComponentHealth, now: datetime) -> None:
+    """Ten healthy minutes (Kubernetes' rule) give a component its full healing budget back."""
+    healthy_for = timedelta(seconds=settings.HEAL_RESET_AFTER_SECONDS)
+    if component.status == HealthStatus.HEALTHY and component.status_since <= now - healthy_for:
+        component.heal_attempts = 0
+        component.heal_backoff_seconds = 0
+        component.heal_window_started_at = None
+        component.next_heal_at = None
+
+
+def record_results(results: Iterable[HealthCheckResult]) -> list[ComponentHealth]:
+    """Apply results (after any still waiting from a database outage); return the updated rows."""
+    fresh = list(results)
+    waiting = _take_pending()
+    batch = sorted(waiting + fresh, key=lambda r: r.checked_at)
+    try:
+        with transaction.atomic():
+            updated = [row for r in batch if (row := _apply(r)) is not None]
+    except DatabaseError:
+        logger.warning("database unreachable: keeping %d health results for later", len(batch), exc_info=True)
+        _keep_pending(batch)
+        return []
+    fresh_names = {r.component for r in fresh}
+    return [row for row in updated if row.name in fresh_names]
+
+
+def _take_pending() -> list[HealthCheckResult]:
+    try:
+        client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+        key = cache.make_key(PENDING_KEY)
+        with client.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, -1)
+            pipe.delete(key)
+            raw, _ = pipe.execute()
+    except Exception:
+        logger.warning("could not read pending health results", exc_info=True)
+        return []
+    return [HealthCheckResult.from_dict(json.loads(item)) for item in raw]
+
+
+def _keep_pending(results: list[HealthCheckResult]) -> None:
+    try:
+        client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+        key = cache.make_key(PENDING_KEY)
+        with client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *[json.dumps(r.as_dict()) for r in results])
+            pipe.ltrim(key, -PENDING_MAX, -1)
+            pipe.execute()
+    except Exception:
+        logger.error("health results lost: neither the database nor the cache answers", exc_info=True)
