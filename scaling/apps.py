@@ -2,4 +2,11 @@ from django.apps import AppConfig
 
 
 class ScalingConfig(AppConfig):
+    """Docker service scaling: policies, decisions every tick, and an audit trail of events."""
+
     name = "scaling"
+    verbose_name = "Scaling"
+
+    def ready(self) -> None:
+        # The tick step, the publish-time header for queue latency, and system checks.
+        from scaling import checks, dispatch, signals  # noqa: F401
