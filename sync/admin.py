@@ -122,6 +122,11 @@ class FabricForm(forms.ModelForm):
     class Meta:
         model = Fabric
         fields = ["name", "description", "git_url", "git_branch", "git_path", "sync_interval", "sync_enabled"]
+        widgets = {
+            "description": forms.Textarea(attrs={"rows": 3, "cols": 80}),
+            "git_url": forms.TextInput(attrs={"size": 80}),
+            "git_path": forms.TextInput(attrs={"size": 60}),
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -50,12 +50,16 @@ def enqueue_manual_syncs(fabrics: Iterable[Fabric], now: datetime) -> ManualSync
        lease is held (a sync is queued or running) is reported busy, never doubled.
     2. The task is published with the claim's token, exactly like a tick's dispatch.
     3. If the broker refuses the publish, the claim is released at once so the
-       fabric does not sit in QUEUED until its queue lease expires.
+       fabric does not sit in QUEUED until its queue lease expires, and the fabrics
+       after it are not even claimed: each would wait out the same broker timeout.
     """
     from sync.tasks import sync_fabric
 
     outcome = ManualSyncOutcome()
     for fabric in fabrics:
+        if outcome.failed:
+            outcome.failed.append(fabric.name)
+            continue
         token = leases.claim_one(fabric.id, now)
         if token is None:
             outcome.busy.append(fabric.name)
