@@ -152,7 +152,7 @@ class Command(BaseCommand):
         elif generated:
             self.say(f"admin user '{username}' created with a generated password, shown this once only:")
             self.stdout.write(f"\n    username: {username}\n    password: {generated}\n")
-            self.say("store it now, or re-create the user with ADMIN_PASSWORD set")
+            self.say(f"store it now; to set a new one later: manage.py changepassword {username}")
         else:
             self.say(f"admin user '{username}' created with the password from ADMIN_PASSWORD")
 
