@@ -1,0 +1,188 @@
+"""Admin for scaling: policies (editable, validated) and events (read-only, filterable).
+
+The policy changelist answers "how many instances does each service run, and why?"
+from one page: the current count (one engine call for the whole page), the limits,
+the targets, the cooldown and the last decision with its rule. The template's
+environment may hold secrets and is never shown in a list.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest
+from django.utils import timezone
+
+from scaling.decisions import ScaleDirection
+from scaling.dispatch import publish_evaluations
+from scaling.docker_backend import DockerBackend, EngineUnreachable
+from scaling.models import TARGET_FIELDS, ScalingEvent, ScalingPolicy, ScalingTrigger
+
+
+def _last_event(field: str, **filters: Any) -> Subquery:
+    events = ScalingEvent.objects.filter(service=OuterRef("service"), **filters).order_by("-created_at", "-id")
+    return Subquery(events.values(field)[:1])
+
+
+@admin.register(ScalingPolicy)
+class ScalingPolicyAdmin(admin.ModelAdmin):
+    list_filter = ["enabled", "dry_run", "celery_worker"]
+    search_fields = ["service", "image"]
+    actions = ["evaluate_now_dry_run"]
+    readonly_fields = ["created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["service", "enabled", "dry_run", ("min_instances", "max_instances")]}),
+        (
+            "Targets (set any subset)",
+            {"fields": [*TARGET_FIELDS, "queues", "celery_worker"]},
+        ),
+        (
+            "Behaviour",
+            {"fields": ["tolerance", "scale_up_step_limit", "scale_down_stabilization_seconds", "cooldown_seconds"]},
+        ),
+        (
+            "Container template",
+            {
+                "fields": [
+                    "image",
+                    "command",
+                    "environment",
+                    "labels",
+                    "network",
+                    "volumes",
+                    "working_dir",
+                    "stop_timeout",
+                ]
+            },
+        ),
+        ("Record", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ScalingPolicy]:
+        # The last decision and the last successful action, one subquery each, not a
+        # query per row.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_action=_last_event("action"),
+                last_rule=_last_event("rule"),
+                last_success=_last_event("success"),
+                last_event_at=_last_event("created_at"),
+                last_scaled_at=_last_event(
+                    "created_at", success=True, dry_run=False, action__in=[ScaleDirection.UP, ScaleDirection.DOWN]
+                ),
+            )
+        )
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        counts, engine_error = _instance_counts()
+
+        @admin.display(description="instances")
+        def instances(policy: ScalingPolicy) -> str:
+            if engine_error:
+                return "engine unreachable"
+            return str(counts.get(policy.service, 0))
+
+        return [
+            "service",
+            "enabled",
+            "dry_run",
+            instances,
+            "limits",
+            "targets",
+            "cooldown",
+            "last_decision",
+        ]
+
+    @admin.display(description="min-max")
+    def limits(self, policy: ScalingPolicy) -> str:
+        return f"{policy.min_instances}-{policy.max_instances}"
+
+    @admin.display(description="targets")
+    def targets(self, policy: ScalingPolicy) -> str:
+        return ", ".join(f"{name} {value:g}" for name, value in policy.targets().items()) or "none"
+
+    @admin.display(description="cooldown left")
+    def cooldown(self, policy: ScalingPolicy) -> str:
+        last = getattr(policy, "last_scaled_at", None)
+        if last is None or not policy.cooldown_seconds:
+            return "—"
+        left = (last + timedelta(seconds=policy.cooldown_seconds) - timezone.now()).total_seconds()
+        return f"{left:.0f} s" if left > 0 else "—"
+
+    @admin.display(description="last decision")
+    def last_decision(self, policy: ScalingPolicy) -> str:
+        action = getattr(policy, "last_action", None)
+        if action is None:
+            return "never evaluated"
+        failed = "" if getattr(policy, "last_success", True) else " FAILED"
+        when = timezone.localtime(policy.last_event_at).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[attr-defined]
+        return f"{action} by {policy.last_rule}{failed} at {when}"  # type: ignore[attr-defined]
+
+    @admin.action(description="Evaluate now (dry run)")
+    def evaluate_now_dry_run(self, request: HttpRequest, queryset: QuerySet[ScalingPolicy]) -> None:
+        ids = list(queryset.values_list("id", flat=True))
+        try:
+            count = publish_evaluations(ids, trigger=ScalingTrigger.ADMIN, force_dry_run=True)
+        except Exception as exc:
+            self.message_user(request, f"Could not queue the evaluations: {exc}", messages.ERROR)
+            return
+        self.message_user(
+            request,
+            f"Queued a dry-run evaluation of {count} polic{'y' if count == 1 else 'ies'}; "
+            "the decisions appear under Scaling events.",
+            messages.SUCCESS,
+        )
+
+
+def _instance_counts() -> tuple[dict[str, int], str]:
+    try:
+        # A short timeout: a hung engine must not hang the admin page.
+        with DockerBackend(timeout=3) as backend:
+            return backend.count_by_service(), ""
+    except EngineUnreachable as exc:
+        return {}, str(exc)
+
+
+@admin.register(ScalingEvent)
+class ScalingEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "service",
+        "action",
+        "change",
+        "desired_instances",
+        "rule",
+        "success",
+        "dry_run",
+        "trigger",
+        "short_reason",
+    ]
+    list_filter = ["service", "action", "success", "dry_run", "trigger", "rule"]
+    search_fields = ["service", "reason", "error"]
+    date_hierarchy = "created_at"
+    list_select_related = ["policy"]
+    readonly_fields = [field.name for field in ScalingEvent._meta.fields]
+
+    @admin.display(description="from → to")
+    def change(self, event: ScalingEvent) -> str:
+        return f"{event.from_instances} → {event.to_instances}"
+
+    @admin.display(description="reason / error")
+    def short_reason(self, event: ScalingEvent) -> str:
+        text = f"{event.error} — {event.reason}" if event.error else event.reason
+        return text if len(text) <= 140 else f"{text[:139]}…"
+
+    # The audit trail is written by the system only.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ScalingEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: ScalingEvent | None = None) -> bool:
+        return False
