@@ -80,7 +80,8 @@ def test_a_breaker_tripped_through_one_instance_rejects_calls_through_another() 
         1,
         2,
     )
-    assert m.opened_at is not None and m.open_until is not None
+    assert m.opened_at is not None
+    assert m.open_until is not None
     assert 29 < (m.open_until - m.opened_at).total_seconds() <= 30.001
     assert rejected.value.retry_at == m.open_until
 
@@ -92,7 +93,8 @@ def test_after_its_wait_the_breaker_admits_the_permitted_trials_and_closes_on_th
         breaker.admit()
     time.sleep(0.45)
     first, second = breaker.admit(), breaker.admit()
-    assert first.admission.trial and second.admission.trial
+    assert first.admission.trial
+    assert second.admission.trial
     with pytest.raises(CircuitBreakerOpenError) as third:
         breaker.admit()
     assert third.value.state is State.HALF_OPEN
@@ -111,7 +113,8 @@ def test_a_failed_trial_reopens_the_breaker_with_a_doubled_wait() -> None:
         breaker.call(boom)
     m = breaker.metrics
     assert m.state is State.OPEN
-    assert m.open_until is not None and m.opened_at is not None
+    assert m.open_until is not None
+    assert m.opened_at is not None
     assert (m.open_until - m.opened_at).total_seconds() == pytest.approx(0.6, abs=0.001)
 
 
@@ -140,11 +143,15 @@ def test_an_outcome_from_before_the_breaker_tripped_does_not_move_it() -> None:
     assert m.successful_calls == 1
 
 
+def missing_key() -> None:
+    raise KeyError("missing")
+
+
 def test_ignored_exceptions_count_neither_as_success_nor_failure() -> None:
     breaker = CircuitBreaker(unique("ignored"), fast_config(ignored_exceptions=(KeyError,)))
     for _ in range(5):
         with pytest.raises(KeyError):
-            breaker.call(lambda: {}["missing"])
+            breaker.call(missing_key)
     m = breaker.metrics
     assert (m.state, m.ignored_calls, m.failed_calls, m.successful_calls, m.failure_rate) == (State.CLOSED, 5, 0, 0, 0)
 
@@ -236,7 +243,8 @@ def test_when_redis_goes_down_the_breaker_falls_back_to_a_local_one_and_says_so(
     assert breaker.call(lambda: "still served") == "still served"
     m = breaker.metrics
     assert (m.backend, m.fallback_active, m.fallback_events) == ("local-fallback", True, 1)
-    assert "Redis unreachable" in caplog.text and "per-process breaker" in caplog.text
+    assert "Redis unreachable" in caplog.text
+    assert "per-process breaker" in caplog.text
     # It still protects the caller: it never fails open.
     trip(breaker)
     with pytest.raises(CircuitBreakerOpenError):

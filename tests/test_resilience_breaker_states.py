@@ -132,13 +132,16 @@ class BreakerMachine(RuleBasedStateMachine):
         now = time.time()
         self.next_id += 1
         expected = self.spec.admits(now, self.next_id)
+        rejection: CircuitBreakerOpenError | None = None
         try:
             permit = self.breaker.admit()
         except CircuitBreakerOpenError as exc:
+            rejection = exc
+        if rejection is not None:
             assert expected is False, f"breaker rejected, spec expected {expected} in {self.spec.state}"
-            assert exc.name == "under-test"
+            assert rejection.name == "under-test"
             if self.spec.state == "open":
-                assert exc.retry_at == datetime.fromtimestamp(self.spec.open_until, tz=UTC)
+                assert rejection.retry_at == datetime.fromtimestamp(self.spec.open_until, tz=UTC)
             return None
         assert expected is not False, f"breaker admitted, spec rejected in {self.spec.state}"
         assert permit.admission.trial == (expected == "trial")
