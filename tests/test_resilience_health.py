@@ -54,8 +54,13 @@ def result(name: str, status: HealthStatus, at, critical: bool = False, threshol
 @pytest.mark.django_db
 def test_a_hanging_check_times_out_without_delaying_the_others() -> None:
     release = threading.Event()
+
+    def hang() -> Report:
+        release.wait(60)
+        return Report(H, "released")
+
     checks = [
-        HealthCheck("hangs", ComponentType.SERVICE, lambda: release.wait(60) and Report(H), timeout=0.5),
+        HealthCheck("hangs", ComponentType.SERVICE, hang, timeout=0.5),
         HealthCheck("slowish", ComponentType.SERVICE, sleeper(0.3), timeout=5),
         HealthCheck("quick", ComponentType.SERVICE, sleeper(0.0), timeout=5),
         get_check("database"),
