@@ -1,0 +1,147 @@
+"""The health sweep end to end: the tick's group on real workers, a broker outage, a PostgreSQL outage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from project.embedded import free_port
+from project.tick import run_tick
+from resilience.breaker import CircuitBreaker
+from resilience.health import get_check, get_system_health, registered_checks, run_checks
+from resilience.models import CircuitBreakerState, ComponentHealth, HealthStatus, HealthTransition
+from resilience.tracking import record_results
+from tests.conftest import ROOT, is_postgres, require, wait_for, worker_database_url
+
+H, U, UNKNOWN = HealthStatus.HEALTHY, HealthStatus.UNHEALTHY, HealthStatus.UNKNOWN
+
+
+def _statuses(*names: str) -> dict[str, str]:
+    return dict(ComponentHealth.objects.filter(name__in=names).values_list("name", "status"))
+
+
+@pytest.mark.worker
+def test_a_tick_runs_the_checks_as_a_group_on_real_workers_and_snapshots_the_breakers(worker_factory) -> None:
+    breaker_name = f"test-sweep-{uuid.uuid4().hex[:8]}"
+    breaker = CircuitBreaker(breaker_name)
+    breaker.call(lambda: None)
+    breaker.force_open()
+    worker = worker_factory(concurrency=2)
+
+    summary = run_tick()
+
+    assert summary["steps"]["health"] == "ok"
+    assert summary["metrics"]["health_checks_dispatched"] == len(registered_checks())
+    wanted = {"database": H, "cache": H, "broker": H, "workers": H, "scheduler": H}
+    wait_for(lambda: _statuses(*wanted) == wanted, timeout=60, message=worker.log())
+    snapshot = wait_for(lambda: CircuitBreakerState.objects.filter(name=breaker_name).first(), timeout=30)
+    assert snapshot.state == "forced_open"
+    breaker_component = wait_for(lambda: ComponentHealth.objects.filter(name=f"breaker:{breaker_name}").first())
+    assert breaker_component.status == HealthStatus.DEGRADED
+    assert breaker_component.critical is False
+    workers = ComponentHealth.objects.get(name="workers")
+    assert workers.last_details["workers"]  # the worker that answered the ping
+    breaker.reset()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_health_step_never_raises_into_the_tick_when_the_broker_is_down(tmp_path: Path) -> None:
+    """A real fault: the tick runs in a process whose broker address has nothing listening."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": worker_database_url(),
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
+        "CACHE_URL": settings.CACHE_URL,
+        "PYTHONPATH": str(ROOT),
+    }
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "tick"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["steps"]["health"] == "ok"
+    assert summary["metrics"]["health_dispatch_failed"] == 1
+    assert summary["metrics"]["health_checks_dispatched"] == 0
+    assert time.monotonic() - started < 60
+
+
+def _pg_ctl(action: str) -> None:
+    version = os.listdir("/etc/postgresql")[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def _wait_until_postgres_accepts_connections(timeout: float = 60) -> None:
+    db = connections["default"].settings_dict
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(
+                host=db["HOST"] or "127.0.0.1",
+                port=db["PORT"] or 5432,
+                user=db["USER"],
+                dbname="postgres",
+                connect_timeout=2,
+            ) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_stopping_postgres_turns_the_database_unhealthy_and_restarting_it_heals_the_record() -> None:
+    require(is_postgres(), "needs PostgreSQL (set DATABASE_URL)")
+    require(shutil.which("pg_ctlcluster") is not None and os.path.isdir("/etc/postgresql"), "needs pg_ctlcluster")
+    database = get_check("database")
+    record_results(run_checks([database]))
+    assert ComponentHealth.objects.get(name="database").status == H
+
+    try:
+        _pg_ctl("stop")
+        during = []
+        for _ in range(database.failure_threshold):
+            during.extend(run_checks([database]))
+            assert record_results(during[-1:]) == []  # the database cannot take them: they wait in Redis
+        live = get_system_health(["database"])
+    finally:
+        # The rest of the suite shares this server: bring it back whatever happened.
+        _pg_ctl("start")
+        _wait_until_postgres_accepts_connections()
+        connections.close_all()
+
+    assert [r.status for r in during] == [U] * database.failure_threshold
+    assert live.overall_status == U  # critical
+    assert "OperationalError" in live.components[0].message
+
+    for _ in range(database.success_threshold):
+        record_results(run_checks([database]))
+    component = ComponentHealth.objects.get(name="database")
+    assert component.status == H
+    history = list(
+        HealthTransition.objects.filter(component=component)
+        .order_by("at")
+        .values_list("from_status", "to_status", "at")
+    )
+    assert [(a, b) for a, b, _ in history] == [(UNKNOWN, H), (H, U), (U, H)]
+    assert history[1][2] == during[-1].checked_at  # the outage is dated when it happened, not when recorded
