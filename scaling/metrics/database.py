@@ -25,6 +25,8 @@ def active_connections(connection: BaseDatabaseWrapper, now: datetime) -> Metric
         return MetricReading.missing(f"{connection.vendor} keeps no connection statistics (PostgreSQL only)")
     try:
         with connection.cursor() as cursor:
+            # Inside a transaction PostgreSQL keeps serving the first statistics snapshot.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute(_ACTIVE_CONNECTIONS)
             row = cursor.fetchone()
     except DatabaseError as exc:
