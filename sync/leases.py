@@ -186,15 +186,18 @@ def reap_expired(now: datetime) -> dict[str, int]:
         status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE
     )
     limit = settings.SYNC_SUSPEND_AFTER_FAILURES
+    reaches_limit = Q(consecutive_failures__gte=limit - 1) if limit > 0 else Q(pk__in=[])
     syncing = expired_syncing.update(
-        sync_status=Case(
-            When(consecutive_failures__gte=max(limit - 1, 0), then=Value(SyncStatus.SUSPENDED)),
-            default=Value(SyncStatus.ERROR),
-        )
-        if limit > 0
-        else Value(SyncStatus.ERROR),
+        sync_status=Case(When(reaches_limit, then=Value(SyncStatus.SUSPENDED)), default=Value(SyncStatus.ERROR)),
         consecutive_failures=F("consecutive_failures") + 1,
-        last_error=LOST_MESSAGE,
+        # Same wording as sync.runner.record_failure, so a suspension always says why.
+        last_error=Case(
+            When(
+                reaches_limit,
+                then=Value(f"Suspended after {limit} or more consecutive failures; last: {LOST_MESSAGE}"),
+            ),
+            default=Value(LOST_MESSAGE),
+        ),
         next_sync_at=now,
         lease_token="",
         lease_expires_at=None,

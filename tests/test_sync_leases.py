@@ -168,3 +168,18 @@ def test_many_concurrent_claimers_on_postgresql_claim_each_fabric_exactly_once()
     assert len(claimed) == 400
     assert len(set(claimed)) == 400
     assert Fabric.objects.filter(sync_status=SyncStatus.QUEUED).count() == 400
+
+
+@pytest.mark.django_db
+def test_reaping_the_last_allowed_failure_suspends_the_fabric_and_says_why(settings):
+    settings.SYNC_LEASE_SECONDS = 60
+    settings.SYNC_SUSPEND_AFTER_FAILURES = 3
+    now = timezone.now()
+    fabric = make_fabric(now=now, consecutive_failures=2, sync_status=SyncStatus.ERROR)
+    token = leases.claim_due(now).token
+    leases.begin(fabric.id, token, now, "doomed")
+    leases.reap_expired(now + timedelta(seconds=60))
+    fabric.refresh_from_db()
+    assert fabric.sync_status == SyncStatus.SUSPENDED
+    assert fabric.consecutive_failures == 3
+    assert fabric.last_error.startswith("Suspended after 3 or more consecutive failures; last: Sync did not finish")
