@@ -29,8 +29,10 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Q
+from django.utils import timezone
 
 from resilience.models import ComponentHealth, HealingAttempt, HealingOutcome, HealthStatus
+from sync.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,10 @@ def heal_action(
         return function
 
     return register
+
+
+def unregister_action(name: str) -> None:
+    _actions[:] = [a for a in _actions if a.name != name]
 
 
 def action_for(component_name: str) -> HealAction | None:
@@ -209,20 +215,12 @@ def heal(
         ComponentHealth.objects.filter(pk=component.pk, heal_lock_owner=owner[:200]).update(
             heal_lock_until=None, heal_lock_owner=""
         )
-    from sync.redaction import redact
-
     attempt.outcome = outcome
     attempt.message = redact(message)[:2000]
-    attempt.finished_at = max(now, _now())
+    attempt.finished_at = max(now, timezone.now())
     attempt.save(update_fields=["outcome", "message", "finished_at"])
     logger.warning("healing %s with %s: %s (%s)", component.name, action.name, outcome, attempt.message)
     return attempt
-
-
-def _now() -> datetime:
-    from django.utils import timezone
-
-    return timezone.now()
 
 
 def resume(component_ids: list[int]) -> int:
