@@ -246,7 +246,14 @@ def decide(
     # Step 4: limits come first.
     if current < spec.min_instances:
         target = max(spec.min_instances, min(recommended, current + spec.scale_up_step_limit))
-        return done(target, str(Rule.MIN_INSTANCES), f"{current} instances is below min {spec.min_instances}; {reason}")
+        if target == spec.min_instances:
+            return done(
+                target, str(Rule.MIN_INSTANCES), f"{current} instances is below min {spec.min_instances}; {reason}"
+            )
+        # The metrics want more than the minimum: they decide, within the step limit.
+        if target < recommended:
+            rule, reason = str(Rule.STEP_LIMIT), f"{reason}; at most +{spec.scale_up_step_limit} per tick"
+        return done(target, rule, f"{reason} (from {current}, below min {spec.min_instances})")
     if current > spec.max_instances:
         return done(
             spec.max_instances,

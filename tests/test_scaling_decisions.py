@@ -214,6 +214,17 @@ CASES = [
         str(Rule.MIN_INSTANCES),
     ),
     (
+        "below min, a metric asking for more than min decides",
+        {"min_instances": 1, "targets": {"queue_depth": 5.0}},
+        0,
+        {"queue_depth": fresh(12)},
+        [],
+        None,
+        UP,
+        3,
+        "metric:queue_depth",
+    ),
+    (
         "above max is corrected despite cooldown and stabilisation",
         {"max_instances": 3, "cooldown_seconds": 600},
         5,
