@@ -22,7 +22,12 @@ def run_check(name: str) -> dict[str, Any]:
     return sweep([name], heal=lambda pk: heal_component.delay(pk))
 
 
-@shared_task(name="resilience.heal_component", soft_time_limit=settings.HEAL_LOCK_SECONDS - 10)
+# The heal lock outlives the hard limit, so a lock only expires once its holder is dead.
+@shared_task(
+    name="resilience.heal_component",
+    soft_time_limit=settings.HEAL_LOCK_SECONDS - 20,
+    time_limit=settings.HEAL_LOCK_SECONDS - 10,
+)
 def heal_component(component_id: int) -> dict[str, Any]:
     attempt = healing.heal(component_id, timezone.now(), verify=verify_component)
     if attempt is None:
