@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
+from django.apps import apps as django_apps
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 
 from scaling.decisions import ScaleDirection
 from scaling.models import ScalingEvent, ScalingPolicy
+
+create_default_policies = importlib.import_module("scaling.migrations.0002_default_policies").create_policies
 
 
 def valid_policy(**fields) -> ScalingPolicy:
@@ -73,16 +78,29 @@ def test_a_shell_string_command_is_rejected_for_exec_form(db):
     assert "exec form" in errors_of(valid_policy(command="celery -A project worker"))["command"][0]
 
 
-def test_the_migration_creates_disabled_policies_for_backend_frontend_and_worker(db):
-    policies = {p.service: p for p in ScalingPolicy.objects.all()}
+def test_the_data_migration_creates_disabled_policies_for_backend_frontend_and_worker(db):
+    ScalingPolicy.objects.all().delete()  # a transactional test before this one may have flushed them anyway
+    ScalingPolicy.objects.create(service="worker", enabled=True, image="mine:1", target_cpu_percent=10.0)
 
-    assert set(policies) >= {"backend", "frontend", "worker"}
-    for name in ("backend", "frontend", "worker"):
+    create_default_policies(django_apps, None)
+    create_default_policies(django_apps, None)  # idempotent
+
+    policies = {p.service: p for p in ScalingPolicy.objects.all()}
+    assert sorted(policies) == ["backend", "frontend", "worker"]
+    for name in ("backend", "frontend"):
         assert policies[name].enabled is False
         policies[name].full_clean()  # valid, ready to enable
-    assert policies["worker"].celery_worker is True
-    assert policies["worker"].queues == ["celery"]
-    assert policies["worker"].stop_timeout >= 240  # at least the task soft time limit
+    assert (policies["worker"].enabled, policies["worker"].image) == (True, "mine:1")  # an operator's policy is kept
+
+
+def test_the_default_worker_policy_drains_celery_workers(db):
+    ScalingPolicy.objects.all().delete()
+    create_default_policies(django_apps, None)
+    worker = ScalingPolicy.objects.get(service="worker")
+
+    worker.full_clean()
+    assert (worker.enabled, worker.celery_worker, worker.queues) == (False, True, ["celery"])
+    assert worker.stop_timeout >= 240  # at least the task soft time limit
 
 
 @pytest.fixture
@@ -132,13 +150,18 @@ def test_events_are_read_only_and_filterable(admin_client_logged_in):
 
 
 def test_the_status_command_prints_a_table_of_every_policy(db, capsys):
+    ScalingPolicy.objects.create(
+        service="payments", image="fcp-tiny:latest", queues=["pay"], target_queue_depth_per_instance=10.0,
+        min_instances=2, max_instances=6,
+    )  # fmt: skip
+
     call_command("scale", "status")
 
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("service"))
     assert header.split()[:2] == ["service", "enabled"]
     assert "last decision" in header
-    worker = next(line for line in lines if line.startswith("worker "))
-    assert "queue_depth 10" in worker
-    assert "1-8" in worker
-    assert worker.rstrip().endswith("never")
+    row = next(line for line in lines if line.startswith("payments "))
+    assert "queue_depth 10" in row
+    assert "2-6" in row
+    assert row.rstrip().endswith("never")
