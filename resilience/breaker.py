@@ -37,11 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
-from resilience.breaker_core import Admission, BreakerConfig, Clock, LocalBreakerCore, Outcome, State
+from resilience.breaker_core import NOT_CLOSED, Admission, BreakerConfig, Clock, LocalBreakerCore, Outcome, State
 from resilience.breaker_redis import RedisBreakerStore, RedisChannel
 
 logger = logging.getLogger(__name__)
@@ -185,6 +185,8 @@ class CircuitBreaker:
         self.fallback_active = False
         self.fallback_events = 0
         self._retry_redis_at = 0.0
+        # Slow-call detection needs the duration of every call: no fast path then.
+        self._fast_local = self._store is None and self.config.slow_call_seconds is None
 
     # --- calling through ---------------------------------------------------------------
     def admit(self) -> Permit:
@@ -223,6 +225,10 @@ class CircuitBreaker:
             self._local.record(permit.admission, outcome, self._clock(), slow)
 
     def call(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._fast_local:
+            result = self._local.call_closed(function, args, kwargs, self._lock, self._clock)
+            if result is not NOT_CLOSED:
+                return cast(R, result)
         permit = self.admit()
         try:
             result = function(*args, **kwargs)
@@ -233,9 +239,24 @@ class CircuitBreaker:
         return result
 
     def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
+        call = self.call
+        if not self._fast_local:
+
+            @functools.wraps(function)
+            def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+                return call(function, *args, **kwargs)
+
+            return guarded
+        call_closed, lock, clock = self._local.call_closed, self._lock, self._clock
+
         @functools.wraps(function)
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            return self.call(function, *args, **kwargs)
+        def guarded_local(*args: P.args, **kwargs: P.kwargs) -> R:
+            result = call_closed(function, args, kwargs, lock, clock)
+            if result is not NOT_CLOSED:
+                return cast(R, result)
+            return call(function, *args, **kwargs)
+
+        return guarded_local
 
         return guarded
 

@@ -37,6 +37,13 @@ CONFIG = BreakerConfig(
 )
 
 
+ERRORS: dict[Outcome, Exception | None] = {
+    Outcome.SUCCESS: None,
+    Outcome.FAILURE: RuntimeError("down"),
+    Outcome.IGNORED: KeyError("k"),
+}
+
+
 @dataclass
 class Spec:
     """The specification, restated as simply as possible."""
@@ -148,16 +155,43 @@ class BreakerMachine(RuleBasedStateMachine):
         return Held(permit, self.next_id if expected == "trial" else None, self.spec.epoch)
 
     def _finish(self, held: Held, outcome: Outcome) -> None:
+        assert held.permit.finish(ERRORS[outcome]) is outcome
+        self._spec_outcome(held.trial_id, held.epoch, outcome)
+
+    def _spec_outcome(self, trial_id: int | None, epoch: int, outcome: Outcome) -> None:
         now = time.time()
-        exc = {Outcome.SUCCESS: None, Outcome.FAILURE: RuntimeError("down"), Outcome.IGNORED: KeyError("k")}[outcome]
-        assert held.permit.finish(exc) is outcome
         self.successes += outcome is Outcome.SUCCESS
         self.failures += outcome is Outcome.FAILURE
         self.ignored += outcome is Outcome.IGNORED
-        if held.trial_id is not None:
-            self.spec.trial_outcome(held.trial_id, outcome, now)
-        elif held.epoch == self.spec.epoch and self.spec.state == "closed" and outcome is not Outcome.IGNORED:
+        if trial_id is not None:
+            self.spec.trial_outcome(trial_id, outcome, now)
+        elif epoch == self.spec.epoch and self.spec.state == "closed" and outcome is not Outcome.IGNORED:
             self.spec.closed_outcome(outcome is Outcome.FAILURE, now)
+
+    @rule(outcome=st.sampled_from(Outcome))
+    def call_through_the_decorator(self, outcome: Outcome) -> None:
+        """The decorator and ``call`` take a faster path while CLOSED: it must obey the same spec."""
+        self.next_id += 1
+        expected = self.spec.admits(time.time(), self.next_id)
+        epoch = self.spec.epoch
+
+        error = ERRORS[outcome]
+
+        @self.breaker
+        def dependency() -> None:
+            if error is not None:
+                raise error
+
+        try:
+            dependency()
+            admitted = True
+        except CircuitBreakerOpenError:
+            admitted = False
+        except (RuntimeError, KeyError):
+            admitted = True
+        assert admitted == (expected is not False)
+        if admitted:
+            self._spec_outcome(self.next_id if expected == "trial" else None, epoch, outcome)
 
     @rule(outcome=st.sampled_from(Outcome))
     def call(self, outcome: Outcome) -> None:
@@ -213,7 +247,7 @@ class BreakerMachine(RuleBasedStateMachine):
         assert len(live_trials) + spec.trial_successes <= CONFIG.half_open_calls
 
 
-BreakerMachine.TestCase.settings = hsettings(max_examples=150, stateful_step_count=40, deadline=None)
+BreakerMachine.TestCase.settings = hsettings(max_examples=400, stateful_step_count=40, deadline=None)
 test_the_breaker_follows_its_specification_through_any_sequence = BreakerMachine.TestCase
 
 
