@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ UP, DOWN, NONE = ScaleDirection.UP, ScaleDirection.DOWN, ScaleDirection.NONE
 
 
 def spec(**overrides) -> PolicySpec:
-    fields = {
+    fields: dict[str, Any] = {
         "service": "web",
         "min_instances": 1,
         "max_instances": 10,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import redis
 from django.core.management import CommandError, call_command
 
 from project.celery_app import app
@@ -107,13 +108,20 @@ def backlog():
             app.send_task("celery.accumulate", args=[i], queue=queue)
 
     yield publish
-    client = broker_client()
     for queue in used:
-        client.delete(*priority_lists(queue))
+        broker().delete(*priority_lists(queue))
 
 
 def last_event(service: str) -> ScalingEvent:
-    return ScalingEvent.objects.filter(service=service).first()
+    event = ScalingEvent.objects.filter(service=service).first()
+    assert event is not None, f"no scaling event for {service}"
+    return event
+
+
+def broker() -> redis.Redis:
+    client = broker_client()
+    assert client is not None, "these tests need a Redis broker"
+    return client
 
 
 def test_a_backlog_scales_a_service_from_one_to_three_and_back_to_one(db, docker_client, service_name, backlog):
@@ -137,7 +145,7 @@ def test_a_backlog_scales_a_service_from_one_to_three_and_back_to_one(db, docker
     assert len(up.details["started"]) == 2
     assert len(owned(docker_client, service_name)) == 3
 
-    broker_client().delete(*priority_lists(policy.queues[0]))  # the backlog is gone
+    broker().delete(*priority_lists(policy.queues[0]))  # the backlog is gone
     scaler.run(service_name)
     down = last_event(service_name)
     assert (down.action, down.from_instances, down.to_instances) == (ScaleDirection.DOWN, 3, 1)
@@ -160,13 +168,13 @@ def test_a_look_alike_container_without_the_ownership_label_is_never_touched(db,
     backlog(policy.queues[0], 15)
     scaler.run(service_name)
     assert last_event(service_name).to_instances == 2
-    broker_client().delete(*priority_lists(policy.queues[0]))
+    broker().delete(*priority_lists(policy.queues[0]))
     scaler.run(service_name)
     down = last_event(service_name)
     manual = scaler.scale_to(service_name, 0)
+    assert manual is not None
 
     assert (down.action, down.to_instances) == (ScaleDirection.DOWN, 0)
-    assert manual is not None
     assert (manual.action, manual.from_instances, manual.to_instances) == (ScaleDirection.NONE, 0, 0)
     look_alike.reload()
     assert look_alike.status == "running"
@@ -280,6 +288,7 @@ def test_a_stopped_engine_gives_a_clean_engine_unreachable_event_and_no_crash(db
     assert before.metrics["cpu_percent"]["note"] == "no running instances to read CPU from"
     assert result["success"] is False
     event = ScalingEvent.objects.filter(service="engine-test", trigger="tick").first()
+    assert event is not None
     assert (event.action, event.rule, event.from_instances, event.to_instances) == (
         ScaleDirection.NONE,
         str(Rule.ENGINE_UNREACHABLE),

@@ -27,12 +27,12 @@ from scaling import locks
 from scaling.decisions import Rule, ScaleDirection
 from scaling.docker_backend import hostname_of
 from scaling.drain import worker_loads
-from scaling.metrics.celery_queues import broker_client, priority_lists
+from scaling.metrics.celery_queues import priority_lists
 from scaling.models import ScalingEvent, ScalingPolicy
 from scaling.service import AutoScalingService
 from tests import test_scaling_docker
 from tests.conftest import ROOT, require, wait_for, worker_database_url
-from tests.test_scaling_docker import owned, remove_service_containers
+from tests.test_scaling_docker import broker, last_event, owned, remove_service_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.worker]
 
@@ -105,7 +105,7 @@ def tick_and_wait_for_event(service: str, log: str) -> ScalingEvent:
     wait_for(lambda: ScalingEvent.objects.filter(service=service).count() > before, timeout=60, message=log)
     # The event is written under the lock: let it go before the next tick.
     wait_for(lambda: locks.holder(service) is None, timeout=10)
-    return ScalingEvent.objects.filter(service=service).first()
+    return last_event(service)
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def e2e_queue(docker_client):
     remove_service_containers(docker_client, "worker")
     yield queue
     remove_service_containers(docker_client, "worker")
-    broker_client().delete(*priority_lists(queue))
+    broker().delete(*priority_lists(queue))
 
 
 def test_a_backlog_scales_real_celery_workers_up_and_down_after_the_stabilisation_window(
@@ -136,7 +136,7 @@ def test_a_backlog_scales_real_celery_workers_up_and_down_after_the_stabilisatio
     assert len(owned(docker_client, "worker")) == 3
     # The containers' Celery workers consume the backlog for real.
     assert [result.get(timeout=90) for result in backlog] == [[n] for n in range(12)]
-    wait_for(lambda: broker_client().llen(e2e_queue) == 0, timeout=10)
+    wait_for(lambda: broker().llen(e2e_queue) == 0, timeout=10)
 
     after_backlog = []
     while True:
@@ -164,7 +164,9 @@ def test_scale_down_stops_the_idle_worker_and_never_a_busy_one(db, docker_client
     policy = worker_policy(e2e_queue, settings)
     ScalingPolicy.objects.filter(pk=policy.pk).update(min_instances=0)
     scaler = AutoScalingService()
-    assert scaler.scale_to("worker", 2).to_instances == 2
+    started = scaler.scale_to("worker", 2)
+    assert started is not None
+    assert started.to_instances == 2
     hostnames = [hostname_of(c) for c in owned(docker_client, "worker")]
     wait_for(lambda: all(load.node for load in worker_loads(app, hostnames).values()), timeout=60)
 
@@ -175,6 +177,7 @@ def test_scale_down_stops_the_idle_worker_and_never_a_busy_one(db, docker_client
 
     [busy_host] = wait_for(busy_hosts, timeout=20)
     event = scaler.scale_to("worker", 0)
+    assert event is not None
 
     assert (event.action, event.from_instances, event.to_instances) == (ScaleDirection.DOWN, 2, 1)
     assert (event.rule, event.success) == (str(Rule.BUSY_WORKERS), True)

@@ -27,6 +27,7 @@ def test_only_one_holder_gets_the_lock(service):
 
 def test_a_wrong_token_cannot_release_the_lock(service):
     token = locks.acquire(service, ttl_seconds=30)
+    assert token is not None
 
     assert locks.release(service, "not-the-token") is False
     assert locks.holder(service) == token
@@ -36,6 +37,7 @@ def test_a_wrong_token_cannot_release_the_lock(service):
 
 def test_an_expired_holder_cannot_release_the_next_holders_lock(service):
     old = locks.acquire(service, ttl_seconds=0.2)
+    assert old is not None
     time.sleep(0.3)  # Redis expires the key on its own clock
     new = locks.acquire(service, ttl_seconds=30)
 

@@ -18,6 +18,7 @@ from project.celery_app import app
 from scaling.metrics import celery_queues, database, docker_stats, response_time
 from scaling.metrics.celery_queues import PUBLISHED_AT_HEADER, broker_client, priority_lists
 from tests.conftest import require, wait_for
+from tests.test_scaling_docker import broker
 
 # --- Response time ---------------------------------------------------------------------------
 
@@ -43,7 +44,8 @@ def test_the_middleware_records_requests_and_the_collector_reads_their_average(c
 
     reading = response_time.read_average(web_service, timezone.now())
 
-    assert not reading.is_missing
+    assert reading.value is not None
+    assert reading.observed_at is not None
     assert 0 < reading.value < elapsed_ms / 3 * 1.5  # the mean of three requests that all ran inside the loop
     assert (timezone.now() - reading.observed_at).total_seconds() < 15
 
@@ -81,8 +83,7 @@ def test_queue_depth_sums_every_priority_sub_list(redis_broker, queue_name):
     for priority in (0, 0, 4, 7, 9):
         app.send_task("celery.accumulate", args=[priority], queue=queue_name, priority=priority)
 
-    client = broker_client()
-    assert client.llen(queue_name) == 2  # a bare LLEN would see only these
+    assert broker().llen(queue_name) == 2  # a bare LLEN would see only these
     assert celery_queues.queue_depth([queue_name], timezone.now()).value == 5
 
 
@@ -93,7 +94,7 @@ def test_queue_depth_counts_reserved_messages_that_left_the_list(redis_broker, q
         simple = conn.SimpleQueue(queue_name)
         reserved = simple.get(timeout=5)  # taken by a consumer, not acknowledged
         try:
-            assert broker_client().llen(queue_name) == 2
+            assert broker().llen(queue_name) == 2
             assert celery_queues.queue_depth([queue_name], timezone.now()).value == 3
         finally:
             reserved.ack()
@@ -120,7 +121,7 @@ def test_an_empty_queue_has_zero_latency_and_zero_depth(redis_broker, queue_name
 
 def test_latency_is_missing_when_the_oldest_message_has_no_publish_time(redis_broker, queue_name):
     foreign = {"body": "", "headers": {"task": "x", "id": "1"}, "properties": {"priority": 0}}
-    broker_client().lpush(queue_name, json.dumps(foreign))
+    broker().lpush(queue_name, json.dumps(foreign))
 
     reading = celery_queues.queue_latency([queue_name], timezone.now())
 
@@ -158,10 +159,12 @@ def test_active_connections_counts_busy_postgresql_sessions(postgres_only):
     time.sleep(0.3)
     reading = database.active_connections(connection, timezone.now())
     worker.join()
+    assert reading.value is not None
+    busy = reading.value
 
-    assert reading.value >= 1
+    assert busy >= 1
     # The server ends the finished session asynchronously: wait until it is gone.
-    wait_for(lambda: database.active_connections(connection, timezone.now()).value == reading.value - 1, timeout=5)
+    wait_for(lambda: database.active_connections(connection, timezone.now()).value == busy - 1, timeout=5)
 
 
 def test_on_sqlite_the_connection_metric_is_missing_not_zero(tmp_path):

@@ -152,7 +152,9 @@ def _tick(policy: ScalingPolicy, current: int, cpu: float) -> ScalingEvent:
     now = timezone.now()
     decision = plan(policy, current, {"cpu_percent": MetricReading.present(cpu, now)}, now)
     AutoScalingService().execute_scaling(ScalingDecision(policy.service, policy.pk, decision, dry_run=True))
-    return ScalingEvent.objects.filter(service=policy.service).first()
+    event = ScalingEvent.objects.filter(service=policy.service).first()
+    assert event is not None
+    return event
 
 
 def test_stabilisation_holds_a_scale_down_for_the_whole_window(db):

@@ -61,6 +61,7 @@ def test_the_tick_evaluates_each_enabled_policy_on_a_worker_and_isolates_a_broke
 def test_an_evaluation_finding_the_lock_held_does_nothing(db):
     policy = ScalingPolicy.objects.create(service="locked", image="fcp-tiny:latest", target_cpu_percent=50.0)
     token = locks.acquire(policy.service, ttl_seconds=30)
+    assert token is not None
     try:
         result = AutoScalingService().run(policy.service)
     finally:
