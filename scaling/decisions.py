@@ -57,6 +57,7 @@ class Rule(StrEnum):
     # Set outside ``decide`` by the service:
     ENGINE_UNREACHABLE = "engine_unreachable"
     INVALID_POLICY = "invalid_policy"
+    EVALUATION_ERROR = "evaluation_error"
     MANUAL = "manual"
     BUSY_WORKERS = "limit:busy_workers"
 

@@ -86,7 +86,7 @@ class AutoScalingService:
             except Exception as exc:  # a bug or a database error: record it, then let Celery see it
                 logger.exception("evaluating %s failed", service)
                 self._record(
-                    ScalingDecision(service, None, held(service, Rule.INVALID_POLICY, "evaluation failed"), False),
+                    ScalingDecision(service, None, held(service, Rule.EVALUATION_ERROR, "evaluation failed"), False),
                     Outcome(0, False, error=redact(f"{type(exc).__name__}: {exc}")),
                 )
                 raise

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.worker]
 
 HOSTPYTHON_IMAGE = "fcp-hostpython:latest"
 HOLD_TASK = "tests.scaling.hold"
-STABILISATION_SECONDS = 12
+STABILISATION_SECONDS = 20  # long enough for three worker containers to boot and drain the backlog
 docker_client = test_scaling_docker.docker_client
 
 
