@@ -9,6 +9,7 @@ policy problem: those are recorded as failed events with a readable reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,10 +86,10 @@ class AutoScalingService:
                 return {"service": service, "skipped": "no such policy"}
             except Exception as exc:  # a bug or a database error: record it, then let Celery see it
                 logger.exception("evaluating %s failed", service)
-                self._record(
-                    ScalingDecision(service, None, held(service, Rule.EVALUATION_ERROR, "evaluation failed"), False),
-                    Outcome(0, False, error=redact(f"{type(exc).__name__}: {exc}")),
-                )
+                reason = held(service, Rule.EVALUATION_ERROR, "evaluation failed")
+                failed = ScalingDecision(service, None, reason, False)
+                with contextlib.suppress(Exception):  # the database may be what failed
+                    self._record(failed, Outcome(0, False, error=redact(f"{type(exc).__name__}: {exc}")))
                 raise
             event = self._execute(decision)
             return {
