@@ -56,13 +56,59 @@ docker_cli() { command -v docker || echo /usr/bin/docker; }
 
 engine_answers() { DOCKER_HOST="$1" "$(docker_cli)" info >/dev/null 2>&1; }
 
+# A live dockerd (not a zombie) with this pid?
+dockerd_alive() {
+  local pid="$1"
+  [[ -r "/proc/$pid/stat" ]] || return 1
+  [[ "$(cut -d' ' -f3 "/proc/$pid/stat")" != Z ]] || return 1
+  [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == dockerd ]]
+}
+
+wait_until_answers() {
+  local host="$1"
+  for _ in $(seq 1 120); do
+    engine_answers "$host" && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+# A containerd left running by a dockerd that was killed holds its socket, and a new
+# dockerd then times out waiting for its own containerd: stop the orphan first.
+stop_orphan_containerd() {
+  local pidfile="$1/containerd/containerd.pid" pid
+  [[ -s "$pidfile" ]] || return 0
+  pid=$(cat "$pidfile")
+  if [[ -r "/proc/$pid/comm" && "$(cat "/proc/$pid/comm")" == containerd ]]; then
+    log "stopping the orphaned containerd $pid"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do [[ -d "/proc/$pid" ]] || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
 start_engine() {
-  # $1 socket URL, $2 log file, then extra dockerd flags
-  local host="$1" logfile="$2"
-  shift 2
+  # $1 socket URL, $2 log file, $3 pidfile, $4 exec root, then extra dockerd flags
+  local host="$1" logfile="$2" pidfile="$3" exec_root="$4"
+  shift 4
   if engine_answers "$host"; then
     return 0
   fi
+  if [[ -s "$pidfile" ]]; then
+    if dockerd_alive "$(cat "$pidfile")"; then
+      # Still starting (or stopping): give it the same minute a fresh start gets.
+      log "dockerd $(cat "$pidfile") is running but not answering yet; waiting"
+      wait_until_answers "$host" && return 0
+      log "dockerd $(cat "$pidfile") does not answer on $host"
+      return 1
+    fi
+    # Left by a dockerd that was killed (e.g. with the session that started it):
+    # dockerd refuses to start while it exists.
+    log "removing the stale pidfile $pidfile"
+    rm -f "$pidfile"
+  fi
+  stop_orphan_containerd "$exec_root"
   log "starting dockerd on $host (log: $logfile)"
   # setsid: the engine must outlive this script and the shell that called it.
   setsid dockerd \
@@ -72,11 +118,10 @@ start_engine() {
     --iptables=false \
     --ip6tables=false \
     --ip-masq=false \
+    --pidfile "$pidfile" \
+    --exec-root "$exec_root" \
     "$@" >>"$logfile" 2>&1 </dev/null &
-  for _ in $(seq 1 120); do
-    engine_answers "$host" && return 0
-    sleep 0.5
-  done
+  wait_until_answers "$host" && return 0
   log "dockerd did not answer within 60 s; last log lines:"
   tail -n 30 "$logfile" >&2
   return 1
@@ -111,11 +156,10 @@ install_packages
 if [[ "${1:-}" == "--private" ]]; then
   dir="${2:?usage: docker-engine.sh --private DIR}"
   mkdir -p "$dir/data" "$dir/exec"
-  start_engine "unix://$dir/docker.sock" "$dir/dockerd.log" \
-    --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid"
+  start_engine "unix://$dir/docker.sock" "$dir/dockerd.log" "$dir/docker.pid" "$dir/exec" --data-root "$dir/data"
   exit 0
 fi
 
-start_engine "unix:///var/run/docker.sock" "$PWD/var/dockerd.log"
+start_engine "unix:///var/run/docker.sock" "$PWD/var/dockerd.log" /var/run/docker.pid /var/run/docker
 build_images "unix:///var/run/docker.sock"
 log "ready: $(DOCKER_HOST=unix:///var/run/docker.sock "$(docker_cli)" version --format '{{.Server.Version}}')"
