@@ -303,6 +303,9 @@ BREAKER_MAX_WAIT_SECONDS = _env_float("BREAKER_MAX_WAIT_SECONDS", 300.0)
 BREAKER_HALF_OPEN_CALLS = env_int("BREAKER_HALF_OPEN_CALLS", 3)
 BREAKER_SUCCESS_THRESHOLD = env_int("BREAKER_SUCCESS_THRESHOLD", 3)
 BREAKER_TRIAL_TIMEOUT = _env_float("BREAKER_TRIAL_TIMEOUT", 30.0)
+# A process that just saw CLOSED skips the admission round trip for this long (capped
+# at half the OPEN wait, so trial calls stay exactly gated); see resilience.breaker_redis.
+BREAKER_CLOSED_TTL = _env_float("BREAKER_CLOSED_TTL", 0.5)
 
 # Health checks: django-health-check's 5 s per check; 2 failures before UNHEALTHY and
 # 2 successes before HEALTHY again, so one blip neither pages nor heals.

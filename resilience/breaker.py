@@ -166,6 +166,7 @@ class CircuitBreaker:
         clock: Clock | None = None,
         redis_timeout: float | None = None,
         redis_retry_seconds: float | None = None,
+        closed_ttl: float | None = None,
     ) -> None:
         self.name = name
         self.config = config or default_config()
@@ -181,7 +182,8 @@ class CircuitBreaker:
                 raise ValueError("a shared breaker needs redis_url or the BREAKER_REDIS_URL setting")
             timeout = float(redis_timeout or _setting("BREAKER_REDIS_TIMEOUT", 0.5))
             prefix = key_prefix or _setting("BREAKER_KEY_PREFIX", "fcp:breaker")
-            self._store = RedisBreakerStore(name, self.config, channel_for(url, timeout), prefix)
+            ttl = float(closed_ttl if closed_ttl is not None else _setting("BREAKER_CLOSED_TTL", 0.5))
+            self._store = RedisBreakerStore(name, self.config, channel_for(url, timeout), prefix, ttl)
         self.fallback_active = False
         self.fallback_events = 0
         self._retry_redis_at = 0.0
@@ -193,7 +195,7 @@ class CircuitBreaker:
         """Ask for permission to call; raise ``CircuitBreakerOpenError`` if refused."""
         if self._store is not None and self._redis_worth_trying():
             try:
-                admission = self._store.admit(uuid.uuid4().hex)
+                admission = self._store.ride() or self._store.admit(uuid.uuid4().hex)
             except REDIS_ERRORS as exc:
                 self._enter_fallback(exc)
             else:
@@ -291,6 +293,14 @@ class CircuitBreaker:
         if self.fallback_active:
             self.fallback_active = False
             logger.warning("circuit breaker %s: Redis answers again; back on the shared state", self.name)
+
+    def flush(self) -> None:
+        """Wait until Redis has applied every outcome this thread reported (tests, shutdown)."""
+        if self._store is not None and not self.fallback_active:
+            try:
+                self._store.flush()
+            except REDIS_ERRORS as exc:
+                self._enter_fallback(exc)
 
     # --- operators and metrics ---------------------------------------------------------
     def _operate(self, operation: str) -> None:

@@ -9,10 +9,23 @@ trial a token leased in a sorted set), and reports back.
 The scripts are a line-by-line port of ``resilience.breaker_core`` (read its
 docstring for the state machine); a hypothesis test checks they agree.
 
-One round trip per call: the outcome script is written to the socket without
-waiting for its reply (Redis runs it as soon as it arrives); the reply is read
-just before the next command's, so a call costs one round trip instead of two.
-Each thread of each process keeps its own connection for this, and a forked child
+At most one round trip per call:
+
+1. The outcome script is written to the socket without waiting for its reply
+   (Redis runs it as soon as it arrives); the reply, the breaker's state and epoch
+   after that outcome, is read later, before any other reply on that connection.
+2. While the last state this process learnt is CLOSED (or DISABLED), is younger
+   than ``closed_ttl`` and its own last outcome was a success, a call skips the
+   admission script: CLOSED admits every call, and the outcome script counts it.
+   A busy caller thus sends one script per call and waits for none.
+3. Anything else (no recent knowledge, a failure just reported, OPEN, HALF_OPEN)
+   asks the admission script first: one round trip. ``closed_ttl`` is kept below
+   the OPEN wait, so a process can never ride on a CLOSED state from before an
+   opening into the HALF_OPEN that follows it: trial calls stay exactly gated.
+
+The price: for up to ``closed_ttl`` (0.5 s by default) after *another* process
+trips the breaker, this process may still send calls, as calls already in flight
+would. Each thread of each process keeps its own connection, and a forked child
 opens its own.
 """
 
@@ -21,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,13 +109,15 @@ return {0, state, epoch, first[2] or ''}
 
 # KEYS: hash, window, trials. ARGV: outcome, epoch, token, slow (0/1), window_size,
 # minimum_calls, failure_rate_threshold, consecutive_failures, success_threshold,
-# wait_seconds, wait_multiplier, max_wait_seconds. Returns the state after it.
+# wait_seconds, wait_multiplier, max_wait_seconds, count the call (0/1: admitted
+# without the admission script). Returns {state, epoch} after it.
 RECORD_LUA = (
     _OPEN
     + """
 local h, w, trials = KEYS[1], KEYS[2], KEYS[3]
 local now = server_now()
 local outcome = ARGV[1]
+if ARGV[13] == '1' then redis.call('HINCRBY', h, 'total_calls', 1) end
 if outcome == 'success' then
   redis.call('HINCRBY', h, 'successful_calls', 1)
 elseif outcome == 'failure' then
@@ -113,12 +129,15 @@ end
 if ARGV[4] == '1' then redis.call('HINCRBY', h, 'slow_calls', 1) end
 local s = redis.call('HMGET', h, 'state', 'epoch', 'reopens')
 local state = s[1] or 'closed'
-if tonumber(ARGV[2]) ~= tonumber(s[2] or '0') then return state end
+local function reply()
+  return {redis.call('HGET', h, 'state') or 'closed', tonumber(redis.call('HGET', h, 'epoch') or '0')}
+end
+if tonumber(ARGV[2]) ~= tonumber(s[2] or '0') then return reply() end
 local function wait_for(reopens)
   return math.min(tonumber(ARGV[10]) * tonumber(ARGV[11]) ^ reopens, tonumber(ARGV[12]))
 end
 if state == 'closed' then
-  if outcome == 'ignored' then return state end
+  if outcome == 'ignored' then return reply() end
   local bit = 0
   if outcome == 'failure' then bit = 1 end
   redis.call('RPUSH', w, bit)
@@ -135,24 +154,20 @@ if state == 'closed' then
   if (limit > 0 and run >= limit) or
      (calls >= tonumber(ARGV[6]) and failures * 100 >= tonumber(ARGV[7]) * calls) then
     open_breaker(h, w, trials, now, wait_for(tonumber(s[3] or '0')))
-    return 'open'
   end
-  return state
+  return reply()
 end
 if state == 'half_open' then
-  if redis.call('ZREM', trials, ARGV[3]) == 0 or outcome == 'ignored' then return state end
+  if redis.call('ZREM', trials, ARGV[3]) == 0 or outcome == 'ignored' then return reply() end
   if outcome == 'failure' then
     redis.call('HINCRBY', h, 'consecutive_failures', 1)
     local reopens = redis.call('HINCRBY', h, 'reopens', 1)
     open_breaker(h, w, trials, now, wait_for(reopens))
-    return 'open'
-  end
-  if redis.call('HINCRBY', h, 'ho_successes', 1) >= tonumber(ARGV[9]) then
+  elseif redis.call('HINCRBY', h, 'ho_successes', 1) >= tonumber(ARGV[9]) then
     close_breaker(h, w, trials)
-    return 'closed'
   end
 end
-return state
+return reply()
 """
 )
 
@@ -192,13 +207,17 @@ class _Script:
 ADMIT, RECORD, OPERATE = _Script(ADMIT_LUA), _Script(RECORD_LUA), _Script(OPERATE_LUA)
 
 
+OnReply = Callable[[Any], None]
+MAX_UNREAD = 32  # replies left unread before a send waits for them
+
+
 class _Wire(threading.local):
     """This thread's connection and the commands whose replies are still unread."""
 
     def __init__(self) -> None:
         self.pid = 0
         self.connection: Any = None
-        self.pending: list[tuple[Any, ...]] = []
+        self.pending: list[tuple[tuple[Any, ...], OnReply | None]] = []
 
 
 class RedisChannel:
@@ -220,12 +239,15 @@ class RedisChannel:
             wire.pending = []
         return wire.connection
 
-    def _send(self, command: tuple[Any, ...], packed: bytes | None = None) -> None:
+    def _send(self, command: tuple[Any, ...], packed: bytes | None, on_reply: OnReply | None) -> None:
+        connection = self._connection()
+        if len(self._wire.pending) >= MAX_UNREAD:
+            self._read_replies(block=True)
         if packed is None:
-            self._connection().send_command(*command)
+            connection.send_command(*command)
         else:
-            self._connection().send_packed_command([packed], check_health=False)
-        self._wire.pending.append(command)
+            connection.send_packed_command([packed], check_health=False)
+        self._wire.pending.append((command, on_reply))
 
     def _eval(self, command: tuple[Any, ...]) -> Any:
         """Re-run a script by its source: the server lost its script cache (restart, SCRIPT FLUSH)."""
@@ -235,18 +257,23 @@ class RedisChannel:
         connection.send_command("EVAL", script.source, *rest)
         return connection.read_response()
 
-    def _drain(self) -> None:
-        """Read every unread reply in order; scripts the server did not know run again after."""
+    def _read_replies(self, block: bool) -> None:
+        """Read unread replies in order (all, or only those already here); hand each to its callback."""
         wire = self._wire
-        pending, wire.pending = wire.pending, []
         unknown = []
-        for command in pending:
+        while wire.pending and (block or wire.connection.can_read(timeout=0)):
+            command, on_reply = wire.pending.pop(0)
             try:
-                wire.connection.read_response()
+                reply = wire.connection.read_response()
             except redis.exceptions.NoScriptError:
-                unknown.append(command)
-        for command in unknown:
-            self._eval(command)
+                unknown.append((command, on_reply))
+                continue
+            if on_reply is not None:
+                on_reply(reply)
+        for command, on_reply in unknown:  # nothing is in flight now: safe to run them again
+            reply = self._eval(command)
+            if on_reply is not None:
+                on_reply(reply)
 
     def _guarded(self, run: Callable[[], Any]) -> Any:
         try:
@@ -267,8 +294,9 @@ class RedisChannel:
         """Send ``command`` and wait for its reply (after any unread earlier replies)."""
 
         def run() -> Any:
-            self._drain()
-            self._send(command, packed)
+            self._connection()
+            self._read_replies(block=True)
+            self._send(command, packed, None)
             self._wire.pending.pop()
             try:
                 return self._wire.connection.read_response()
@@ -277,12 +305,19 @@ class RedisChannel:
 
         return self._guarded(run)
 
-    def send(self, *command: Any, packed: bytes | None = None) -> None:
-        """Send ``command`` now; its reply is read before the next command's."""
-        self._guarded(lambda: self._send(command, packed))
+    def send(self, *command: Any, packed: bytes | None = None, on_reply: OnReply | None = None) -> None:
+        """Send ``command`` now; its reply is read later, before any later command's."""
+        self._guarded(lambda: self._send(command, packed, on_reply))
+
+    def poll(self) -> None:
+        """Read the replies that have already arrived, without waiting."""
+        if self._wire.connection is not None and self._wire.pending and self._wire.pid == os.getpid():
+            self._guarded(lambda: self._read_replies(block=False))
 
     def flush(self) -> None:
-        self._guarded(self._drain)
+        """Wait until every command this thread sent has been answered."""
+        if self._wire.connection is not None and self._wire.pid == os.getpid():
+            self._guarded(lambda: self._read_replies(block=True))
 
 
 def _array(length: int) -> bytes:
@@ -297,16 +332,28 @@ def _bulks(*values: object) -> bytes:
     return b"".join(_bulk(str(v).encode()) for v in values)
 
 
-class RedisBreakerStore:
-    """The shared state of one named breaker."""
+@dataclass(frozen=True)
+class _Known:
+    state: State
+    epoch: int
+    at: float  # monotonic time the answer was asked for
 
-    def __init__(self, name: str, config: BreakerConfig, channel: RedisChannel, prefix: str) -> None:
+
+class RedisBreakerStore:
+    """The shared state of one named breaker, and what this process last learnt of it."""
+
+    def __init__(
+        self, name: str, config: BreakerConfig, channel: RedisChannel, prefix: str, closed_ttl: float = 0.5
+    ) -> None:
         self.name = name
         self.config = config
         self.channel = channel
         base = f"{prefix}:{{{name}}}"  # braces: one hash slot for all three keys
         self.keys = (base, f"{base}:window", f"{base}:trials")
         self.registry = f"{prefix}:{REGISTRY_SUFFIX}"
+        # Step 3 of the module docstring: never ride on CLOSED across an OPEN wait.
+        self.closed_ttl = min(closed_ttl, config.wait_seconds / 2)
+        self._known: _Known | None = None
         self._registered_pid = 0
         self._prepack()
 
@@ -314,13 +361,34 @@ class RedisBreakerStore:
         if self._registered_pid != os.getpid():
             self.channel.send("SADD", self.registry, self.name)
             self._registered_pid = os.getpid()
+            self._known = None
+
+    def _learn(self, state: str, epoch: Any, asked_at: float) -> None:
+        known = self._known
+        if known is None or asked_at >= known.at:
+            self._known = _Known(State(state), int(epoch), asked_at)
+
+    def ride(self) -> Admission | None:
+        """Step 2: admit without a round trip if this process knows, freshly, that it is CLOSED."""
+        self.channel.poll()
+        known = self._known
+        if (
+            known is not None
+            and known.state in (State.CLOSED, State.DISABLED)
+            and time.monotonic() - known.at < self.closed_ttl
+            and self._registered_pid == os.getpid()
+        ):
+            return Admission(True, known.state, known.epoch, counted=False)
+        return None
 
     def admit(self, token: str) -> Admission:
         self._register()
         cfg = self.config
         command = ("EVALSHA", ADMIT.sha, 3, *self.keys, token, cfg.half_open_calls, cfg.trial_timeout)
         packed = b"%s%s%s" % (self._admit_head, _bulk(token.encode()), self._admit_tail)
+        asked_at = time.monotonic()
         admitted, state, epoch, retry_at = self.channel.call(*command, packed=packed)
+        self._learn(state, epoch, asked_at)
         trial = int(admitted) == 2
         return Admission(
             bool(int(admitted)),
@@ -333,8 +401,24 @@ class RedisBreakerStore:
 
     def record(self, admission: Admission, outcome: Outcome, slow: bool = False) -> None:
         variable = (outcome.value, admission.epoch, admission.token, "1" if slow else "0")
-        packed = b"%s%s%s" % (self._record_head, b"".join(_bulk(str(v).encode()) for v in variable), self._record_tail)
-        self.channel.send("EVALSHA", RECORD.sha, 3, *self.keys, *variable, *self._record_config, packed=packed)
+        count = "0" if admission.counted else "1"
+        packed = b"%s%s%s%s" % (
+            self._record_head,
+            b"".join(_bulk(str(v).encode()) for v in variable),
+            self._record_tail,
+            _bulk(count.encode()),
+        )
+        asked_at = time.monotonic()
+        if outcome is not Outcome.SUCCESS:
+            self._known = None  # our own failure may have tripped it: ask before the next call
+
+        def learn(reply: Any) -> None:
+            if outcome is Outcome.SUCCESS:
+                self._learn(reply[0], reply[1], asked_at)
+
+        self.channel.send(
+            "EVALSHA", RECORD.sha, 3, *self.keys, *variable, *self._record_config, count, packed=packed, on_reply=learn
+        )
 
     def _prepack(self) -> None:
         """Encode the constant parts of both scripts' commands once (Python packing costs more than Redis)."""
@@ -344,19 +428,20 @@ class RedisBreakerStore:
             cfg.window_size, cfg.minimum_calls, cfg.failure_rate_threshold, cfg.consecutive_failures,
             cfg.success_threshold, cfg.wait_seconds, cfg.wait_multiplier, cfg.max_wait_seconds,
         )  # fmt: skip
-        self._record_head = _array(1 + len(fixed) + 4 + len(self._record_config)) + _bulks("EVALSHA", *fixed)
+        self._record_head = _array(1 + len(fixed) + 4 + len(self._record_config) + 1) + _bulks("EVALSHA", *fixed)
         self._record_tail = _bulks(*self._record_config)
         self._admit_head = _array(1 + len(fixed) + 3) + _bulks("EVALSHA", ADMIT.sha, "3", *self.keys)
         self._admit_tail = _bulks(cfg.half_open_calls, cfg.trial_timeout)
 
     def operate(self, operation: str) -> str:
+        self._known = None
         return str(self.channel.call("EVALSHA", OPERATE.sha, 3, *self.keys, operation))
 
     def read(self) -> dict[str, str]:
         return dict(self.channel.call("HGETALL", self.keys[0]) or {})
 
-    def window_length(self) -> int:
-        return int(self.channel.call("LLEN", self.keys[1]))
+    def flush(self) -> None:
+        self.channel.flush()
 
 
 def known_breakers(channel: RedisChannel, prefix: str) -> list[str]:

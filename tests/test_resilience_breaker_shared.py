@@ -60,6 +60,7 @@ def trip(breaker: CircuitBreaker, failures: int = 2) -> None:
     for _ in range(failures):
         with pytest.raises(RuntimeError):
             breaker.call(boom)
+    breaker.flush()  # outcomes are sent without waiting: let Redis apply them before other clients look
 
 
 def test_a_breaker_tripped_through_one_instance_rejects_calls_through_another() -> None:
@@ -296,43 +297,55 @@ def _call_dependency(url: str) -> None:
 
 
 def _ours(redis_url: str, name: str, config: BreakerConfig, barrier: Any, url: str, results: Any) -> None:
-    breaker = CircuitBreaker(name, config, redis_url=redis_url)
-    barrier.wait()
     try:
-        breaker.call(_call_dependency, url)
-        results.put("succeeded")
-    except CircuitBreakerOpenError:
-        results.put("rejected")
-    except Exception:
-        results.put("failed")
+        breaker = CircuitBreaker(name, config, redis_url=redis_url)
+        barrier.wait(timeout=20)
+        try:
+            breaker.call(_call_dependency, url)
+            results.put("succeeded")
+        except CircuitBreakerOpenError:
+            results.put("rejected")
+        except httpx.HTTPError:
+            results.put("failed")
+    except BaseException as exc:  # report, or the parent waits for nothing
+        results.put(f"error: {exc!r}")
 
 
 def _pybreakers(redis_url: str, name: str, barrier: Any, url: str, results: Any) -> None:
-    storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, redis.Redis.from_url(redis_url), namespace=name)
-    breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=0.5, state_storage=storage)
-    barrier.wait()
     try:
-        breaker.call(_call_dependency, url)
-        results.put("succeeded")
-    except pybreaker.CircuitBreakerError:
-        results.put("rejected")
-    except Exception:
-        results.put("failed")
+        client = redis.Redis.from_url(redis_url)
+        storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=name)
+        breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=0.5, state_storage=storage)
+        barrier.wait(timeout=20)
+        try:
+            breaker.call(_call_dependency, url)
+            results.put("succeeded")
+        except pybreaker.CircuitBreakerError:
+            results.put("rejected")
+        except httpx.HTTPError:
+            results.put("failed")
+    except BaseException as exc:
+        results.put(f"error: {exc!r}")
 
 
 def _stampede(target: Any, args: tuple[Any, ...], processes: int = 8) -> tuple[int, list[str]]:
-    """Fork ``processes`` callers, release them together at an open breaker; count the hits."""
-    ctx = multiprocessing.get_context("fork")
+    """Start ``processes`` callers, release them together at an open breaker; count the hits.
+
+    Children come from a fork server, not from this process: a plain fork would
+    inherit this test process's open broker connections, and kombu's after-fork
+    cleanup in the child then blocks reading a socket it shares with its parent.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     barrier, results = ctx.Barrier(processes), ctx.Queue()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingDependency)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
-    # Fork before any thread of ours starts: a child never inherits a held lock.
-    children = [ctx.Process(target=target, args=(*args, barrier, url, results)) for _ in range(processes)]
-    for child in children:
-        child.start()
     _FailingDependency.hits = 0
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
+    children = [ctx.Process(target=target, args=(*args, barrier, url, results)) for _ in range(processes)]
+    for child in children:
+        child.start()
     try:
         outcomes = sorted(results.get(timeout=30) for _ in children)
         for child in children:
