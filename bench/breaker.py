@@ -21,6 +21,7 @@ include other clients' traffic).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -123,16 +124,12 @@ def shared_vs_pybreaker(url: str) -> dict[str, float]:
     theirs.open()
 
     def rejected_ours() -> None:
-        try:
+        with contextlib.suppress(CircuitBreakerOpenError):
             ours.call(noop)
-        except CircuitBreakerOpenError:
-            pass
 
     def rejected_theirs() -> None:
-        try:
+        with contextlib.suppress(pybreaker.CircuitBreakerError):
             theirs.call(noop)
-        except pybreaker.CircuitBreakerError:
-            pass
 
     ours_rejected = statistics.median(per_call_us(rejected_ours, SHARED_CALLS) for _ in range(3))
     theirs_rejected = statistics.median(per_call_us(rejected_theirs, SHARED_CALLS) for _ in range(3))
