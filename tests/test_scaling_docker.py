@@ -155,6 +155,13 @@ def test_a_backlog_scales_a_service_from_one_to_three_and_back_to_one(db, docker
     assert sorted(down.details["stopped"]) == sorted(up.details["started"])
     assert docker_client.containers.list(all=True, filters={"label": f"{SERVICE_LABEL}={service_name}"}) == remaining
 
+    history = scaler.get_scaling_history(3, service=service_name)
+    status = next(s for s in scaler.get_current_status()["services"] if s["service"] == service_name)
+    assert [(e["action"], e["from"], e["to"]) for e in history] == [("down", 3, 1), ("up", 1, 3), ("up", 0, 1)]
+    assert status["instances"] == 1
+    assert status["thresholds"] == {"queue_depth": 10.0}
+    assert status["last_event"]["id"] == down.pk
+
 
 def test_a_look_alike_container_without_the_ownership_label_is_never_touched(db, docker_client, service_name, backlog):
     look_alike = docker_client.containers.run(
@@ -176,7 +183,10 @@ def test_a_look_alike_container_without_the_ownership_label_is_never_touched(db,
 
     assert (down.action, down.to_instances) == (ScaleDirection.DOWN, 0)
     assert (manual.action, manual.from_instances, manual.to_instances) == (ScaleDirection.NONE, 0, 0)
+    with DockerBackend() as backend:
+        refused = backend.stop_instance(look_alike, service_name, timeout=1)  # even when handed it directly
     look_alike.reload()
+    assert (refused.ok, refused.error) == (False, "refused: not an owned instance of this service")
     assert look_alike.status == "running"
     assert look_alike.labels == {SERVICE_LABEL: service_name, "service": service_name}
     assert owned(docker_client, service_name) == []

@@ -211,3 +211,17 @@ def test_an_average_over_no_reporting_container_is_missing_with_the_errors():
 
     assert reading.is_missing
     assert "NotFound: gone" in reading.missing_reason
+
+
+def test_a_cache_outage_never_fails_a_request(client, db, settings, caplog):
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    }
+
+    first = client.get("/admin/login/")
+    second = client.get("/admin/login/")
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "scaling.middleware"]
+    assert len(warnings) == 1  # then it pauses instead of paying the failure on every request
+    assert warnings[0].startswith("could not record a response time (pausing 30 s)")
