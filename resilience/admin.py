@@ -173,7 +173,7 @@ class CircuitBreakerStateAdmin(admin.ModelAdmin):
     list_filter = ("state",)
     search_fields = ("name",)
     readonly_fields = tuple(f.name for f in CircuitBreakerState._meta.fields)
-    actions = ("force_open", "disable", "reset")
+    actions = ("force_open", "disable", "reset", "forget")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # breakers exist in code; rows appear when they are first used
@@ -206,6 +206,10 @@ class CircuitBreakerStateAdmin(admin.ModelAdmin):
     @admin.action(description="Reset (closed, empty window)")
     def reset(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
         self._operate(request, queryset, "reset")
+
+    @admin.action(description="Forget (a breaker no longer used: delete its state and row)")
+    def forget(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
+        self._operate(request, queryset, "forget")
 
 
 @admin.register(HealthTransition)

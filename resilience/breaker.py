@@ -319,6 +319,10 @@ class CircuitBreaker:
     def reset(self) -> None:
         self._operate("reset")
 
+    def forget(self) -> None:
+        """Delete the shared state and unlist the breaker (one no longer used); it restarts CLOSED."""
+        self._operate("forget")
+
     @property
     def state(self) -> State:
         return self.metrics.state

@@ -111,6 +111,7 @@ class Admission:
     trial: bool = False
     token: str = ""
     retry_at: float | None = None  # rejected: when trials may be admitted (epoch seconds)
+    counted: bool = True  # False: admitted on known state, total_calls counted with the outcome
 
 
 @dataclass
@@ -267,13 +268,13 @@ class LocalBreakerCore:
         self.trials.clear()
 
     def operate(self, operation: str, now: float) -> None:
-        """Operator actions: force_open, disable, reset (back to a clean CLOSED)."""
+        """Operator actions: force_open, disable, reset or forget (back to a clean CLOSED)."""
         if operation == "force_open":
             self._move(State.FORCED_OPEN)
             self.opened_at = now
         elif operation == "disable":
             self._move(State.DISABLED)
-        elif operation == "reset":
+        elif operation in ("reset", "forget"):
             self._close()
             self.opened_at = None
             self.open_until = 0.0

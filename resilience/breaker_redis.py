@@ -186,6 +186,9 @@ elseif op == 'disable' then
 elseif op == 'reset' then
   close_breaker(h, w, trials)
   redis.call('HDEL', h, 'opened_at', 'open_until')
+elseif op == 'forget' then
+  redis.call('DEL', h, w, trials)
+  return 'forgotten'
 else
   return redis.error_reply('unknown breaker operation ' .. op)
 end
@@ -435,7 +438,11 @@ class RedisBreakerStore:
 
     def operate(self, operation: str) -> str:
         self._known = None
-        return str(self.channel.call("EVALSHA", OPERATE.sha, 3, *self.keys, operation))
+        answer = str(self.channel.call("EVALSHA", OPERATE.sha, 3, *self.keys, operation))
+        if operation == "forget":  # the registry lives in another hash slot: a command of its own
+            self.channel.call("SREM", self.registry, self.name)
+            self._registered_pid = 0
+        return answer
 
     def read(self) -> dict[str, str]:
         return dict(self.channel.call("HGETALL", self.keys[0]) or {})

@@ -13,7 +13,7 @@ from resilience.breaker import BreakerMetrics, CircuitBreaker, channel_for
 from resilience.breaker_redis import known_breakers
 from resilience.models import CircuitBreakerState
 
-OPERATIONS = ("force_open", "disable", "reset")
+OPERATIONS = ("force_open", "disable", "reset", "forget")
 
 
 def _channel_args() -> tuple[str, float]:
@@ -64,5 +64,7 @@ def operate(names: list[str], operation: str) -> int:
     for name in names:
         breaker = CircuitBreaker(name)
         getattr(breaker, operation)()
+    if operation == "forget":
+        CircuitBreakerState.objects.filter(name__in=names).delete()
     refresh_snapshots()
     return len(names)

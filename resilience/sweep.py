@@ -49,4 +49,5 @@ def sweep(names: Iterable[str], heal: Callable[[int], Any] | None = None) -> dic
         "unhealthy": sum(1 for r in results if r.status == HealthStatus.UNHEALTHY),
         "statuses": {r.component: str(r.status) for r in results},
         "heal_due": len(due),
+        "slowest_ms": max((r.latency_ms for r in results), default=0.0),
     }

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.utils import timezone
 
 from resilience.health import HealthCheckResult
 from resilience.models import ComponentHealth, HealthStatus, HealthTransition
@@ -25,7 +26,8 @@ from resilience.models import ComponentHealth, HealthStatus, HealthTransition
 logger = logging.getLogger(__name__)
 
 PENDING_KEY = "resilience:pending-results"
-PENDING_MAX = 5000  # results kept while the database is away (about an hour of sweeps)
+PENDING_MAX = 5000  # results kept while the database is away
+PENDING_MAX_AGE = timedelta(hours=1)  # older ones say nothing about now: dropped on replay
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,11 @@ def record_results(results: Iterable[HealthCheckResult]) -> list[ComponentHealth
     try:
         with transaction.atomic():
             updated = [row for r in batch if (row := _apply(r)) is not None]
-    except DatabaseError:
-        logger.warning("database unreachable: keeping %d health results for later", len(batch), exc_info=True)
+    except (OperationalError, InterfaceError) as exc:
+        # The database is away (any other error, a missing table say, is a bug: it raises).
+        logger.warning("database unreachable (%s): keeping %d health results for later", exc, len(batch))
         _keep_pending(batch)
+        close_old_connections()
         return []
     fresh_names = {r.component for r in fresh}
     return [row for row in updated if row.name in fresh_names]
@@ -148,7 +152,9 @@ def _take_pending() -> list[HealthCheckResult]:
     except Exception:
         logger.warning("could not read pending health results", exc_info=True)
         return []
-    return [HealthCheckResult.from_dict(json.loads(item)) for item in raw]
+    results = [HealthCheckResult.from_dict(json.loads(item)) for item in raw]
+    cutoff = timezone.now() - PENDING_MAX_AGE
+    return [r for r in results if r.checked_at >= cutoff]
 
 
 def _keep_pending(results: list[HealthCheckResult]) -> None:

@@ -27,8 +27,19 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 
 from project.embedded import free_port, start_background
-from resilience.breaker import CircuitBreaker, CircuitBreakerOpenError
+from resilience.breaker import CircuitBreaker, CircuitBreakerOpenError, channel_for
 from resilience.breaker_core import BreakerConfig, State
+from resilience.breaker_redis import known_breakers
+
+
+@pytest.fixture(autouse=True)
+def _forget_test_breakers() -> Iterator[None]:
+    """Unlist this file's breakers afterwards, so health sweeps in later tests do not see hundreds."""
+    yield
+    channel = channel_for(settings.BREAKER_REDIS_URL, float(settings.BREAKER_REDIS_TIMEOUT))
+    for name in known_breakers(channel, settings.BREAKER_KEY_PREFIX):
+        if name.startswith("test-"):
+            CircuitBreaker(name).forget()
 
 
 def unique(prefix: str) -> str:
@@ -189,6 +200,18 @@ def test_operators_force_open_disable_and_reset_a_shared_breaker() -> None:
     assert (m.state, m.consecutive_failures, m.failure_rate, m.opened_at) == (State.CLOSED, 0, 0.0, None)
 
 
+def test_a_forgotten_breaker_is_unlisted_and_starts_again_closed() -> None:
+    name = unique("forget")
+    breaker = CircuitBreaker(name, fast_config(wait_seconds=30))
+    trip(breaker)
+    channel = channel_for(settings.BREAKER_REDIS_URL, float(settings.BREAKER_REDIS_TIMEOUT))
+    assert name in known_breakers(channel, settings.BREAKER_KEY_PREFIX)
+    breaker.forget()
+    assert name not in known_breakers(channel, settings.BREAKER_KEY_PREFIX)
+    m = breaker.metrics
+    assert (m.state, m.total_calls, m.failed_calls) == (State.CLOSED, 0, 0)
+
+
 @given(st.lists(st.sampled_from(["success", "failure", "ignored", "force_open", "disable", "reset"]), max_size=25))
 @hsettings(max_examples=40, deadline=None)
 def test_the_lua_scripts_and_the_local_breaker_agree_on_every_sequence(operations: list[str]) -> None:
@@ -214,6 +237,7 @@ def test_the_lua_scripts_and_the_local_breaker_agree_on_every_sequence(operation
             b.state, b.total_calls, b.successful_calls, b.failed_calls, b.ignored_calls, b.rejected_calls,
         )  # fmt: skip
         assert (a.failure_rate, a.consecutive_failures) == (b.failure_rate, b.consecutive_failures)
+    shared.forget()
 
 
 # --- Redis down: the fallback ----------------------------------------------------------

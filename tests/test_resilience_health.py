@@ -167,6 +167,8 @@ def test_an_open_breaker_degrades_its_component_but_never_fails_the_system() -> 
     breaker.reset()
     results = {r.component: r for r in run_checks([get_check("breaker")])}
     assert results[f"breaker:{name}"].status == H
+    breaker.forget()
+    assert f"breaker:{name}" not in {r.component for r in run_checks([get_check("breaker")])}
 
 
 # --- HTTP and the command -------------------------------------------------------------

@@ -69,6 +69,7 @@ def rpc(server: ScriptedServer) -> Iterator[ResilientClient]:
     c = ResilientClient(timeout=2.0, deadline=5.0, max_attempts=3, backoff_base=0.01, backoff_max=0.05)
     c.breaker_for(c.target(server.base)).reset()  # a port reused from an earlier run starts clean
     yield c
+    c.breaker_for(c.target(server.base)).forget()
     c.close()
 
 
