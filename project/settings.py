@@ -325,6 +325,9 @@ HEALTH_DOCKER_TIMEOUT = env_int("HEALTH_DOCKER_TIMEOUT", 3)
 HEALTH_CONTAINER_LABEL = os.environ.get("HEALTH_CONTAINER_LABEL", "fcp.health.managed")
 # The check tasks of a sweep are dropped if still queued when the next tick comes.
 HEALTH_SWEEP_EXPIRES_SECONDS = env_int("HEALTH_SWEEP_EXPIRES_SECONDS", 55)
+# Checks wait on I/O: point this at a queue served by a threads-pool worker
+# (celery worker -Q health -P threads -c 16) so a sweep lasts as long as its slowest check.
+HEALTH_QUEUE = os.environ.get("HEALTH_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
 HEALTH_TASK_SOFT_TIME_LIMIT = env_int("HEALTH_TASK_SOFT_TIME_LIMIT", 45)
 
 # Healing: after 3 failing sweeps; Kubernetes' backoff (10 s doubling to 5 min, reset

@@ -28,10 +28,12 @@ def dispatch_health_sweep(now: datetime) -> dict[str, int]:
 
     try:
         # A sweep still queued when the next tick comes is stale: drop it, do not pile up.
-        expires = settings.HEALTH_SWEEP_EXPIRES_SECONDS
+        expires, queue = settings.HEALTH_SWEEP_EXPIRES_SECONDS, settings.HEALTH_QUEUE
         checks = registered_checks()
-        signatures: list[Signature[Any]] = [run_check.si(check.name).set(expires=expires) for check in checks]
-        signatures.append(snapshot_breakers.si().set(expires=expires))
+        signatures: list[Signature[Any]] = [
+            run_check.si(check.name).set(expires=expires, queue=queue) for check in checks
+        ]
+        signatures.append(snapshot_breakers.si().set(expires=expires, queue=queue))
         group(signatures).apply_async()
     except Exception:
         logger.exception("could not dispatch the health sweep")
