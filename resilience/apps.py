@@ -8,5 +8,5 @@ class ResilienceConfig(AppConfig):
     verbose_name = "Health and resilience"
 
     def ready(self) -> None:
-        # Registers the health step of the tick, the built-in checks and heal actions.
-        from resilience import dispatch, heal_actions, probes  # noqa: F401
+        # Registers the tick step, the built-in health checks, heal actions and system checks.
+        from resilience import checks, dispatch, heal_actions, probes  # noqa: F401

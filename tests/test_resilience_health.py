@@ -221,3 +221,13 @@ def test_the_health_command_prints_a_table_and_exits_non_zero_when_unhealthy(cap
 
     call_command("health", "--check", "database", "--check", "cache")  # returns: exit status 0
     assert "overall: healthy" in capsys.readouterr().out
+
+
+def test_system_checks_reject_a_check_timeout_the_sweep_task_would_cut_short(settings) -> None:
+    from resilience.checks import check_resilience_settings
+
+    assert check_resilience_settings() == []
+    settings.HEALTH_CHECK_TIMEOUT = settings.HEALTH_TASK_SOFT_TIME_LIMIT
+    settings.BREAKER_CLOSED_TTL = 5.0
+    ids = sorted(message.id for message in check_resilience_settings())
+    assert ids == ["resilience.E001", "resilience.W002"]
