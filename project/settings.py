@@ -328,6 +328,8 @@ HEALTH_SWEEP_EXPIRES_SECONDS = env_int("HEALTH_SWEEP_EXPIRES_SECONDS", 55)
 # Checks wait on I/O: point this at a queue served by a threads-pool worker
 # (celery worker -Q health -P threads -c 16) so a sweep lasts as long as its slowest check.
 HEALTH_QUEUE = os.environ.get("HEALTH_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
+# Components no check reported for this long (removed containers, deleted fabrics) are pruned.
+HEALTH_PRUNE_AFTER_SECONDS = env_int("HEALTH_PRUNE_AFTER_SECONDS", 24 * 3600)
 HEALTH_TASK_SOFT_TIME_LIMIT = env_int("HEALTH_TASK_SOFT_TIME_LIMIT", 45)
 
 # Healing: after 3 failing sweeps; Kubernetes' backoff (10 s doubling to 5 min, reset

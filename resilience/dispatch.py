@@ -2,7 +2,8 @@
 
 Each registered check (or provider) becomes one ``resilience.run_check`` task, so the
 checks run concurrently on the workers and a sweep lasts about as long as its
-slowest check. The step only publishes: it never runs a check itself and never
+slowest check; one ``resilience.housekeeping`` task refreshes the breaker
+snapshots. The step only publishes: it never runs a check itself and never
 raises into the tick (the tick would carry on, but a failing publish must not hide
 the other steps' metrics in an error).
 """
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 @tick_step("health", order=30)
 def dispatch_health_sweep(now: datetime) -> dict[str, int]:
-    from resilience.tasks import run_check, snapshot_breakers
+    from resilience.tasks import housekeeping, run_check
 
     try:
         # A sweep still queued when the next tick comes is stale: drop it, do not pile up.
@@ -33,7 +34,7 @@ def dispatch_health_sweep(now: datetime) -> dict[str, int]:
         signatures: list[Signature[Any]] = [
             run_check.si(check.name).set(expires=expires, queue=queue) for check in checks
         ]
-        signatures.append(snapshot_breakers.si().set(expires=expires, queue=queue))
+        signatures.append(housekeeping.si().set(expires=expires, queue=queue))
         group(signatures).apply_async()
     except Exception:
         logger.exception("could not dispatch the health sweep")

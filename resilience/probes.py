@@ -154,17 +154,17 @@ def _git_results() -> list[HealthCheckResult]:
     """One component per distinct Git URL of the enabled fabrics (capped per sweep)."""
     from sync.models import Fabric
 
-    urls = list(
-        Fabric.objects.filter(sync_enabled=True)
-        .values_list("git_url", flat=True)
-        .distinct()
-        .order_by("git_url")[: settings.HEALTH_MAX_GIT_SOURCES]
-    )
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(urls)))) as pool:
-        return list(pool.map(_probe_git, urls))
+    fabrics: dict[str, list[str]] = {}
+    for url, name in (
+        Fabric.objects.filter(sync_enabled=True).order_by("git_url", "name").values_list("git_url", "name")
+    ):
+        if url in fabrics or len(fabrics) < settings.HEALTH_MAX_GIT_SOURCES:
+            fabrics.setdefault(url, []).append(name)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(fabrics)))) as pool:
+        return list(pool.map(_probe_git, fabrics, fabrics.values()))
 
 
-def _probe_git(url: str) -> HealthCheckResult:
+def _probe_git(url: str, fabric_names: list[str]) -> HealthCheckResult:
     from sync.sources.git import _git_env, transport_url
 
     started = timezone.now()
@@ -191,6 +191,7 @@ def _probe_git(url: str) -> HealthCheckResult:
         status=status,
         message=message[:500],
         latency_ms=round(latency, 2),
+        details={"fabrics": fabric_names[:50]},
         failure_threshold=GIT.failure_threshold,
         success_threshold=GIT.success_threshold,
     )

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from resilience import healing, snapshots
+from resilience import healing, snapshots, tracking
 from resilience.sweep import sweep, verify_component
 
 
@@ -35,6 +35,10 @@ def heal_component(component_id: int) -> dict[str, Any]:
     return {"component_id": component_id, "action": attempt.action, "outcome": attempt.outcome}
 
 
-@shared_task(name="resilience.snapshot_breakers")
-def snapshot_breakers() -> int:
-    return snapshots.refresh_snapshots()
+@shared_task(name="resilience.housekeeping")
+def housekeeping() -> dict[str, int]:
+    """Once a tick: refresh the breaker snapshots, forget components nobody reports any more."""
+    return {
+        "breakers_refreshed": snapshots.refresh_snapshots(),
+        "rows_pruned": tracking.prune_stale_components(timezone.now()),
+    }

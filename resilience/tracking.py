@@ -167,3 +167,10 @@ def _keep_pending(results: list[HealthCheckResult]) -> None:
             pipe.execute()
     except Exception:
         logger.error("health results lost: neither the database nor the cache answers", exc_info=True)
+
+
+def prune_stale_components(now: datetime) -> int:
+    """Forget components no check has reported for a day (a removed container, a deleted fabric)."""
+    cutoff = now - timedelta(seconds=settings.HEALTH_PRUNE_AFTER_SECONDS)
+    deleted, _ = ComponentHealth.objects.filter(last_checked_at__lt=cutoff, in_maintenance=False).delete()
+    return deleted

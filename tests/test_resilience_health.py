@@ -18,6 +18,7 @@ from resilience.health import (
     HealthCheckResult,
     Report,
     get_check,
+    get_system_health,
     overall_status,
     run_checks,
 )
@@ -229,5 +230,24 @@ def test_system_checks_reject_a_check_timeout_the_sweep_task_would_cut_short(set
     assert check_resilience_settings() == []
     settings.HEALTH_CHECK_TIMEOUT = settings.HEALTH_TASK_SOFT_TIME_LIMIT
     settings.BREAKER_CLOSED_TTL = 5.0
-    ids = sorted(message.id for message in check_resilience_settings())
+    ids = sorted(str(message.id) for message in check_resilience_settings())
     assert ids == ["resilience.E001", "resilience.W002"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_fabric_git_source_is_checked_once_per_url_with_credentials_masked(git_repo) -> None:
+    from tests.factories import make_fabric
+
+    repo = git_repo("reachable")
+    repo.write("manifests/a.yaml", "kind: Switch\n")
+    repo.commit()
+    make_fabric(repo.url, name="east")
+    make_fabric(repo.url, name="west")
+    make_fabric(f"{repo.path.parent}/missing-repo", name="north")
+    results = {r.component: r for r in run_checks([get_check("git")])}
+    assert results[f"git:{repo.url}"].status == H
+    assert results[f"git:{repo.url}"].details == {"fabrics": ["east", "west"]}
+    missing = results[f"git:{repo.path.parent}/missing-repo"]
+    assert missing.status == U
+    assert missing.details == {"fabrics": ["north"]}
+    assert "git" not in get_system_health().as_dict()["components"]  # sweep-only: not run on demand
