@@ -357,6 +357,7 @@ class RedisBreakerStore:
         # Step 3 of the module docstring: never ride on CLOSED across an OPEN wait.
         self.closed_ttl = min(closed_ttl, config.wait_seconds / 2)
         self._known: _Known | None = None
+        self._forgot_at = 0.0  # answers asked for before this say nothing (see record)
         self._registered_pid = 0
         self._prepack()
 
@@ -364,11 +365,15 @@ class RedisBreakerStore:
         if self._registered_pid != os.getpid():
             self.channel.send("SADD", self.registry, self.name)
             self._registered_pid = os.getpid()
-            self._known = None
+            self._forget_known()
+
+    def _forget_known(self) -> None:
+        self._known = None
+        self._forgot_at = time.monotonic()
 
     def _learn(self, state: str, epoch: Any, asked_at: float) -> None:
         known = self._known
-        if known is None or asked_at >= known.at:
+        if asked_at >= self._forgot_at and (known is None or asked_at >= known.at):
             self._known = _Known(State(state), int(epoch), asked_at)
 
     def ride(self) -> Admission | None:
@@ -413,7 +418,7 @@ class RedisBreakerStore:
         )
         asked_at = time.monotonic()
         if outcome is not Outcome.SUCCESS:
-            self._known = None  # our own failure may have tripped it: ask before the next call
+            self._forget_known()  # our own failure may have tripped it: ask before the next call
 
         def learn(reply: Any) -> None:
             if outcome is Outcome.SUCCESS:
@@ -437,7 +442,7 @@ class RedisBreakerStore:
         self._admit_tail = _bulks(cfg.half_open_calls, cfg.trial_timeout)
 
     def operate(self, operation: str) -> str:
-        self._known = None
+        self._forget_known()
         answer = str(self.channel.call("EVALSHA", OPERATE.sha, 3, *self.keys, operation))
         if operation == "forget":  # the registry lives in another hash slot: a command of its own
             self.channel.call("SREM", self.registry, self.name)

@@ -98,6 +98,36 @@ def test_a_breaker_tripped_through_one_instance_rejects_calls_through_another() 
     assert rejected.value.retry_at == m.open_until
 
 
+def test_a_process_riding_on_a_known_closed_state_learns_of_another_tripping_it_at_its_next_reply() -> None:
+    """CLOSED admits without a round trip while this process's knowledge is fresh; each
+    outcome's reply refreshes it, so the call after the one that saw the trip asks first."""
+    name = unique("ride")
+    ours = CircuitBreaker(name, fast_config(wait_seconds=30), closed_ttl=5.0)
+    ours.call(lambda: None)  # learns CLOSED
+    trip(CircuitBreaker(name, fast_config(wait_seconds=30), redis_timeout=0.4))
+    through = 0
+    for _ in range(5):
+        time.sleep(0.05)  # calls spaced like real ones: the previous outcome's reply is in
+        try:
+            ours.call(lambda: None)
+            through += 1
+        except CircuitBreakerOpenError:
+            break
+    assert through == 1  # it rode once on what it knew; that call's reply said OPEN
+    m = ours.metrics
+    assert (m.state, m.rejected_calls, m.successful_calls) == (State.OPEN, 1, 2)
+
+
+def test_a_process_whose_knowledge_is_older_than_closed_ttl_asks_before_calling() -> None:
+    name = unique("stale-knowledge")
+    ours = CircuitBreaker(name, fast_config(wait_seconds=30), closed_ttl=0.2)
+    ours.call(lambda: None)
+    trip(CircuitBreaker(name, fast_config(wait_seconds=30), redis_timeout=0.4))
+    time.sleep(0.25)
+    with pytest.raises(CircuitBreakerOpenError):
+        ours.call(lambda: None)
+
+
 def test_after_its_wait_the_breaker_admits_the_permitted_trials_and_closes_on_their_success() -> None:
     breaker = CircuitBreaker(unique("recover"), fast_config())
     trip(breaker)
