@@ -3,8 +3,9 @@
 1. Migrate the database, collect static files, and bootstrap (admin user, demo
    fabric backed by a real local Git repository, the master beat entry).
 2. Start, under one honcho process manager: the embedded Valkey broker (only when
-   ``CELERY_BROKER_URL`` is not set), a Celery worker, Celery Beat with
-   django-celery-beat's DatabaseScheduler, and gunicorn serving the admin.
+   ``CELERY_BROKER_URL`` is not set), a Celery worker, a threads-pool worker for
+   health checks, Celery Beat with django-celery-beat's DatabaseScheduler, and
+   gunicorn serving the admin.
 3. Print the admin URL. If any process dies, honcho stops the others, so the system
    is never half up without anyone noticing.
 """
@@ -57,6 +58,13 @@ def main() -> int:
 
     concurrency = os.environ.get("WORKER_CONCURRENCY", "2")
     processes["worker"] = f"{PYTHON} -m celery -A project worker --loglevel INFO --concurrency {concurrency}"
+    # Health checks wait on I/O: a threads pool runs a whole sweep at once, so a sweep
+    # lasts as long as its slowest check instead of queueing behind two processes.
+    os.environ.setdefault("HEALTH_QUEUE", "health")
+    processes["health"] = (
+        f"{PYTHON} -m celery -A project worker --loglevel INFO --pool threads --concurrency 16 "
+        f"--queues {os.environ['HEALTH_QUEUE']} --hostname health@%h"
+    )
     processes["beat"] = (
         f"{PYTHON} -m celery -A project beat --loglevel INFO "
         "--scheduler django_celery_beat.schedulers:DatabaseScheduler"
