@@ -171,3 +171,30 @@ def test_a_worker_killed_mid_sync_is_recovered_within_the_lease_and_never_overla
     for earlier, later_run in pairwise(runs):
         assert earlier.finished_at is not None
         assert earlier.finished_at <= later_run.started_at, "two syncs of one fabric overlapped"
+
+
+def test_a_transient_failure_retries_with_backoff_then_fails_truthfully(celery_worker):
+    """An unreachable remote: the worker retries (SYNC_MAX_RETRIES=3, backoff capped at 2 s
+    for the test worker), keeps the lease meanwhile, then fails once and raises, so
+    Celery's own task state is FAILURE."""
+    from sync import leases
+    from sync.tasks import sync_fabric
+
+    fabric = make_fabric("https://deploy:hunter2@127.0.0.1:9/acme/fabric.git")
+    token = leases.claim_one(fabric.id, timezone.now())
+    assert token is not None
+    result = sync_fabric.apply_async((fabric.id, token, "manual"))
+    with pytest.raises(Exception, match="git ls-remote failed") as caught:
+        result.get(timeout=60)
+    assert result.state == "FAILURE"
+    assert type(caught.value).__name__ == "TransientSyncError"
+
+    fabric.refresh_from_db()
+    runs = _runs(fabric)
+    assert [r.status for r in runs] == [RunStatus.RETRYING] * 3 + [RunStatus.FAILED]
+    assert [r.attempt for r in runs] == [1, 2, 3, 4]
+    assert fabric.sync_status == SyncStatus.ERROR
+    assert fabric.consecutive_failures == 1  # one due sync failed, however many attempts it took
+    assert fabric.lease_token == ""
+    for text in [fabric.last_error, *(r.error_message for r in runs)]:
+        assert "hunter2" not in text
