@@ -195,6 +195,19 @@ def celery_worker(worker_factory: Callable[..., WorkerProcess]) -> WorkerProcess
     return worker_factory()
 
 
+def tick_with_broker_down() -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py tick`` in a process whose broker and cache point at a closed port."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": worker_database_url(),
+        "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
+        "CACHE_URL": "redis://127.0.0.1:1/0",
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", "tick"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, message: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy (for cross-process effects)."""
     deadline = time.monotonic() + timeout

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -16,7 +13,7 @@ from scaling.decisions import Rule, ScaleDirection
 from scaling.models import ScalingEvent, ScalingPolicy
 from scaling.service import AutoScalingService
 from tests import test_scaling_docker
-from tests.conftest import ROOT, wait_for, worker_database_url
+from tests.conftest import tick_with_broker_down, wait_for
 from tests.test_scaling_docker import make_policy, owned
 
 # The Docker fixtures, shared with the engine tests.
@@ -75,15 +72,7 @@ def test_an_evaluation_finding_the_lock_held_does_nothing(db):
 def test_when_the_broker_is_down_the_scaling_step_reports_it_and_does_not_raise():
     """A real fault: the tick runs in a process whose broker URL points at a closed port."""
     ScalingPolicy.objects.create(service="api", enabled=True, image="fcp-tiny:latest", target_cpu_percent=50.0)
-    env = {
-        **os.environ,
-        "DATABASE_URL": worker_database_url(),
-        "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
-        "CACHE_URL": "redis://127.0.0.1:1/0",
-    }
-    out = subprocess.run(
-        [sys.executable, "manage.py", "tick"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    out = tick_with_broker_down()
 
     summary = json.loads(out.stdout)
     assert summary["steps"]["scaling"] == "ok"

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -21,7 +18,7 @@ from project.tasks import MASTER_TASK_NAME
 from project.tick import registered_steps, run_tick, tick_step
 from sync.dispatch import dispatch_due_fabrics
 from sync.models import Fabric, SyncStatus
-from tests.conftest import ROOT, wait_for, worker_database_url
+from tests.conftest import tick_with_broker_down, wait_for
 from tests.factories import make_fabric
 
 
@@ -132,15 +129,7 @@ def test_the_master_scheduler_task_runs_a_tick_on_a_real_worker(celery_worker, g
 def test_when_the_broker_is_down_the_tick_releases_its_claims_and_says_why():
     """A real fault: the tick runs in a process whose broker URL points at a closed port."""
     fabric = make_fabric()
-    env = {
-        **os.environ,
-        "DATABASE_URL": worker_database_url(),
-        "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
-        "CACHE_URL": "redis://127.0.0.1:1/0",
-    }
-    out = subprocess.run(
-        [sys.executable, "manage.py", "tick"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    out = tick_with_broker_down()
     summary = json.loads(out.stdout)
     assert summary["steps"]["sync"] == "error"
     assert "sync" in summary["errors"]
