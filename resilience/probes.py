@@ -8,7 +8,6 @@ includes a URL with credentials in the first place.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -165,25 +164,18 @@ def _git_results() -> list[HealthCheckResult]:
 
 
 def _probe_git(url: str, fabric_names: list[str]) -> HealthCheckResult:
-    from sync.sources.git import _git_env, transport_url
+    """``git ls-remote`` through the sync's own git runner (same env, timeout, redaction)."""
+    from sync.errors import SyncError
+    from sync.sources.git import GitSource
 
     started = timezone.now()
+    # The cache folder is never touched by ls-remote; the branch is irrelevant to it.
+    source = GitSource(url, "main", settings.SYNC_GIT_CACHE_DIR, settings.HEALTH_GIT_TIMEOUT)
     try:
-        proc = subprocess.run(
-            ["git", "ls-remote", "--exit-code", "--heads", transport_url(url)],
-            capture_output=True,
-            text=True,
-            timeout=settings.HEALTH_GIT_TIMEOUT,
-            env=_git_env(),
-            check=False,
-        )
-        if proc.returncode in (0, 2):  # 2: reachable, but no branches yet
-            status, message = H, "reachable"
-        else:
-            lines = proc.stderr.strip().splitlines()
-            status, message = U, redact(lines[-1] if lines else f"git exited {proc.returncode}")
-    except subprocess.TimeoutExpired:
-        status, message = U, f"no answer within {settings.HEALTH_GIT_TIMEOUT} s"
+        source.check_reachable()
+        status, message = H, "reachable"
+    except SyncError as exc:
+        status, message = U, str(exc)
     latency = (timezone.now() - started).total_seconds() * 1000
     return HealthCheckResult(
         component=f"git:{redact(url)}"[:200],

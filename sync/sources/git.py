@@ -112,6 +112,10 @@ class GitSource:
         return self.cache_dir
 
     # -- commits ----------------------------------------------------------------------
+    def check_reachable(self) -> None:
+        """Raise a ``SyncError`` (redacted, classified) unless the remote answers."""
+        self._git("ls-remote", "--heads", "--", transport_url(self.url))
+
     def remote_commit(self) -> str:
         """The branch's commit on the remote, without downloading objects."""
         out = self._git("ls-remote", "--heads", "--", transport_url(self.url), f"refs/heads/{self.branch}")
