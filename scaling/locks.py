@@ -12,10 +12,11 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
 import redis
 from django.conf import settings
+
+from scaling.redis_client import redis_client as _client
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +26,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-@lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
 
 
 def lock_key(service: str) -> str:

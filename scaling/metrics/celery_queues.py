@@ -15,29 +15,23 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from functools import lru_cache
 
 import redis
 from django.conf import settings
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from scaling.decisions import MetricReading
+from scaling.redis_client import redis_client
 
 PUBLISHED_AT_HEADER = "published_at"
 UNACKED_KEY = Channel.unacked_key
-
-
-@lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    # A connection pool per broker URL and process; it holds connections, not state.
-    return redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
 
 
 def broker_client() -> redis.Redis | None:
     url = settings.CELERY_BROKER_URL
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return None
-    return _client(url)
+    return redis_client(url)
 
 
 def priority_lists(queue: str) -> list[str]:

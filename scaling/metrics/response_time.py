@@ -3,8 +3,12 @@
 Requests are counted into fixed time buckets (``SCALING_RESPONSE_TIME_BUCKET`` seconds):
 two atomic counters per bucket, the number of requests and the summed microseconds,
 each expiring shortly after the window has passed it. Reading sums the buckets of the
-last ``SCALING_RESPONSE_TIME_WINDOW`` seconds. ``incr`` is atomic on Redis, so any
+last ``SCALING_RESPONSE_TIME_WINDOW`` seconds. ``INCRBY`` is atomic on Redis, so any
 number of web processes can record into the same window without a lock.
+
+Recording runs on every request, so it is one pipelined round trip to the cache's
+Redis (``INCRBY`` and ``EXPIRE`` for both counters), written under the cache's own key
+names: Django's Redis serializer reads the plain integers back in ``get_many``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from scaling.decisions import MetricReading
+from scaling.redis_client import redis_client
 
 _KEY = "scaling:rt:{service}:{bucket}:{field}"
 
@@ -23,23 +28,18 @@ def _bucket(timestamp: float, size: int) -> int:
     return int(timestamp // size)
 
 
-def _add(key: str, amount: int, ttl: int) -> None:
-    # add() creates the counter only when absent, so concurrent first writers do not
-    # overwrite each other; incr() is then atomic.
-    cache.add(key, 0, timeout=ttl)
-    try:
-        cache.incr(key, amount)
-    except ValueError:  # expired between add() and incr(): start the bucket again
-        cache.set(key, amount, timeout=ttl)
-
-
 def record(service: str, duration_seconds: float, at: float) -> None:
     """Count one request of ``duration_seconds`` that finished at epoch time ``at``."""
     size = settings.SCALING_RESPONSE_TIME_BUCKET
     bucket = _bucket(at, size)
     ttl = settings.SCALING_RESPONSE_TIME_WINDOW + 2 * size
-    _add(_KEY.format(service=service, bucket=bucket, field="n"), 1, ttl)
-    _add(_KEY.format(service=service, bucket=bucket, field="us"), max(0, round(duration_seconds * 1e6)), ttl)
+    location = str(settings.CACHES["default"]["LOCATION"])  # one URL in this project's settings
+    pipe = redis_client(location).pipeline(transaction=False)
+    for field, amount in (("n", 1), ("us", max(0, round(duration_seconds * 1e6)))):
+        key = cache.make_key(_KEY.format(service=service, bucket=bucket, field=field))
+        pipe.incrby(key, amount)
+        pipe.expire(key, ttl)
+    pipe.execute()
 
 
 def read_average(service: str, now: datetime) -> MetricReading:
