@@ -145,6 +145,9 @@ def test_a_backlog_scales_real_celery_workers_up_and_down_after_the_stabilisatio
             break
         after_backlog.append(event)
         assert (event.created_at - up.created_at).total_seconds() <= STABILISATION_SECONDS + 1
+        # Real time on purpose: the window is judged by the worker process's clock,
+        # which freezegun cannot move (decisions.py's window is time-travel tested).
+        # One tick a second walks through the window without flooding the event log.
         time.sleep(1)
 
     assert after_backlog, "the first tick after the backlog must still be inside the window"
