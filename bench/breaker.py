@@ -43,9 +43,9 @@ django.setup()
 import pybreaker  # noqa: E402
 import redis  # noqa: E402
 
+from core.breaker import CircuitBreaker, CircuitBreakerOpenError  # noqa: E402
+from core.breaker_core import BreakerConfig  # noqa: E402
 from project.embedded import free_port, start_background  # noqa: E402
-from resilience.breaker import CircuitBreaker, CircuitBreakerOpenError  # noqa: E402
-from resilience.breaker_core import BreakerConfig  # noqa: E402
 
 LOCAL_CALLS = int(os.environ.get("BENCH_LOCAL_CALLS", "200000"))
 SHARED_CALLS = int(os.environ.get("BENCH_SHARED_CALLS", "2000"))

@@ -35,7 +35,7 @@ import django
 
 django.setup()
 
-from resilience.health import HealthCheck, Report, get_check, run_checks  # noqa: E402
+from core.health import HealthCheck, Report, get_check, run_checks  # noqa: E402
 from resilience.models import ComponentType, HealthStatus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +63,8 @@ def group_sweeps() -> dict[str, float]:
     """Step 4: the sweep as the tick runs it, through a real worker process."""
     from celery import group
 
+    from core.health import registered_checks
     from project.celery_app import app
-    from resilience.health import registered_checks
     from resilience.tasks import run_check
 
     app.control.purge()

@@ -57,4 +57,12 @@ def check_production_services(app_configs: Any = None, **kwargs: Any) -> list[Ch
         messages.append(Warning("CELERY_BROKER_URL is not set: using the embedded broker address.", id="project.W003"))
     if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         messages.append(Warning("Running on SQLite: set DATABASE_URL to PostgreSQL for production.", id="project.W004"))
+    if str(settings.SECRET_KEY).startswith("ephemeral-"):
+        messages.append(
+            Warning(
+                "No DJANGO_SECRET_KEY and no var/secret_key: this process made up a key of its own, so "
+                "sessions break across processes and restarts. Set DJANGO_SECRET_KEY.",
+                id="project.W005",
+            )
+        )
     return messages

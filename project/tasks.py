@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from project.tick import TickSummary, run_tick
+from core.tick import TickSummary, run_tick
 
 MASTER_TASK_NAME = "project.master_scheduler"
 

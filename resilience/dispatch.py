@@ -3,9 +3,8 @@
 Each registered check (or provider) becomes one ``resilience.run_check`` task, so the
 checks run concurrently on the workers and a sweep lasts about as long as its
 slowest check; one ``resilience.housekeeping`` task refreshes the breaker
-snapshots. The step only publishes: it never runs a check itself and never
-raises into the tick (the tick would carry on, but a failing publish must not hide
-the other steps' metrics in an error).
+snapshots. The step only publishes: it never runs a check itself. A failing
+publish fails the step with its reason (``StepFailed``); the tick runs the others.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ from typing import Any
 from celery import Signature, group
 from django.conf import settings
 
-from project.tick import tick_step
-from resilience.health import registered_checks
+from core.health import registered_checks
+from core.tick import StepFailed, tick_step
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,8 @@ def dispatch_health_sweep(now: datetime) -> dict[str, int]:
         ]
         signatures.append(housekeeping.si().set(expires=expires, queue=queue))
         group(signatures).apply_async()
-    except Exception:
-        logger.exception("could not dispatch the health sweep")
-        return {"health_checks_dispatched": 0, "health_dispatch_failed": 1}
+    except Exception as exc:
+        raise StepFailed(
+            f"could not dispatch the health sweep: {type(exc).__name__}: {exc}", {"health_checks_dispatched": 0}
+        ) from exc
     return {"health_checks_dispatched": len(checks)}

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import connections
-from django.utils import timezone
 
-from resilience.healing import heal_action
-from resilience.models import ComponentHealth
+from core.heal import heal_action
 
 
 @heal_action("restart_container", "container:*")
-def restart_container(component: ComponentHealth) -> str:
+def restart_container(component: str) -> str:
     """Restart a managed container that failed its check, through the Docker engine."""
     import docker
 
-    name = component.name.removeprefix("container:")
-    client = docker.from_env(timeout=settings.HEALTH_DOCKER_TIMEOUT + settings.HEAL_CONTAINER_STOP_TIMEOUT)
+    name = component.removeprefix("container:")
+    client = docker.from_env(timeout=settings.DOCKER_TIMEOUT + settings.HEAL_CONTAINER_STOP_TIMEOUT)
     try:
         container = client.containers.get(name)
         if container.labels.get(settings.HEALTH_CONTAINER_LABEL) != "true":
@@ -33,7 +31,7 @@ def restart_container(component: ComponentHealth) -> str:
 
 
 @heal_action("reconnect_database", "database")
-def reconnect_database(component: ComponentHealth) -> str:
+def reconnect_database(component: str) -> str:
     """Drop this process's database connections so the next query opens a fresh one.
 
     Other processes do the same on their own: ``CONN_HEALTH_CHECKS`` and Celery's
@@ -43,16 +41,8 @@ def reconnect_database(component: ComponentHealth) -> str:
     return "closed this process's database connections"
 
 
-@heal_action("release_expired_leases", "sync_leases")
-def release_expired_leases(component: ComponentHealth) -> str:
-    from sync.leases import reap_expired
-
-    reaped = reap_expired(timezone.now())
-    return f"released {reaped['leases_reaped']} expired lease(s), {reaped['runs_lost']} run(s) marked lost"
-
-
 @heal_action("restart_worker_pools", "workers")
-def restart_worker_pools(component: ComponentHealth) -> str:
+def restart_worker_pools(component: str) -> str:
     """Ask every worker to restart its pool processes (needs ``worker_pool_restarts``)."""
     from project.celery_app import app
 

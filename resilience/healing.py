@@ -19,7 +19,6 @@ The budget arithmetic (``plan``) is a pure function with the clock handed in.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import socket
@@ -31,39 +30,11 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from core.heal import action_for
+from core.redaction import redact
 from resilience.models import ComponentHealth, HealingAttempt, HealingOutcome, HealthStatus
-from sync.redaction import redact
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HealAction:
-    name: str
-    pattern: str  # component name, or a glob such as "container:*"
-    run: Callable[[ComponentHealth], str]  # returns what it did; raises on failure
-
-
-_actions: list[HealAction] = []  # code only: which actions exist
-
-
-def heal_action(
-    name: str, pattern: str
-) -> Callable[[Callable[[ComponentHealth], str]], Callable[[ComponentHealth], str]]:
-    def register(function: Callable[[ComponentHealth], str]) -> Callable[[ComponentHealth], str]:
-        _actions[:] = [a for a in _actions if a.name != name]
-        _actions.append(HealAction(name, pattern, function))
-        return function
-
-    return register
-
-
-def unregister_action(name: str) -> None:
-    _actions[:] = [a for a in _actions if a.name != name]
-
-
-def action_for(component_name: str) -> HealAction | None:
-    return next((a for a in _actions if fnmatch.fnmatchcase(component_name, a.pattern)), None)
 
 
 # --- the budget (pure) ---------------------------------------------------------------
@@ -205,7 +176,7 @@ def heal(
         started_at=now,
     )
     try:
-        message = action.run(component)
+        message = action.run(component.name)
         outcome = HealingOutcome.SUCCEEDED
         if verify is not None and verify(component) == HealthStatus.UNHEALTHY:
             outcome = HealingOutcome.NOT_HEALED

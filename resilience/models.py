@@ -1,6 +1,6 @@
 """What operators see of resilience: breaker snapshots, component health and its history, healing.
 
-The live breaker state is in Redis (``resilience.breaker_redis``); ``CircuitBreakerState``
+The live breaker state is in Redis (``core.breaker_redis``); ``CircuitBreakerState``
 is its snapshot, refreshed each tick, so the admin can list and act on breakers.
 Fields marked "system" are written only by ``resilience.tracking`` and
 ``resilience.healing`` through explicit updates.
@@ -11,28 +11,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-
-class HealthStatus(models.TextChoices):
-    HEALTHY = "healthy", "Healthy"
-    DEGRADED = "degraded", "Degraded"
-    UNHEALTHY = "unhealthy", "Unhealthy"
-    UNKNOWN = "unknown", "Unknown"
-
-
-class ComponentType(models.TextChoices):
-    DATABASE = "database", "Database"
-    CACHE = "cache", "Cache"
-    BROKER = "broker", "Broker"
-    WORKER = "worker", "Celery workers"
-    SCHEDULER = "scheduler", "Scheduler (beat)"
-    DOCKER = "docker", "Docker engine"
-    CONTAINER = "container", "Managed container"
-    FABRIC_SOURCE = "fabric_source", "Fabric Git source"
-    SERVICE = "service", "Service"
-    RPC = "rpc", "RPC target"
-    BREAKER = "breaker", "Circuit breaker"
-    DISK = "disk", "Disk"
-    SYNC = "sync", "Sync leases"
+from core.health import ComponentType, HealthStatus
 
 
 class BreakerStateChoice(models.TextChoices):

@@ -8,8 +8,7 @@ includes a URL with credentials in the first place.
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -17,10 +16,9 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
-from project.tick import LAST_TICK_CACHE_KEY
-from resilience.health import HealthCheck, HealthCheckResult, Report, health_check, register
+from core.health import HealthCheck, HealthCheckResult, Report, health_check, register
+from core.tick import LAST_TICK_CACHE_KEY
 from resilience.models import ComponentType, HealthStatus
-from sync.redaction import redact
 
 H, D, U, UNKNOWN = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY, HealthStatus.UNKNOWN
 TIMEOUT = settings.HEALTH_CHECK_TIMEOUT
@@ -80,7 +78,7 @@ def check_workers() -> Report:
 
 @health_check("scheduler", ComponentType.SCHEDULER, critical=True, timeout=TIMEOUT)
 def check_scheduler() -> Report:
-    """The age of the last master tick (recorded by ``project.tick``)."""
+    """The age of the last master tick (recorded by ``core.tick``)."""
     summary = cache.get(LAST_TICK_CACHE_KEY)
     if not summary:
         return Report(UNKNOWN, "no tick recorded yet")
@@ -104,20 +102,6 @@ def check_disk() -> Report:
     if free < settings.HEALTH_DISK_DEGRADED_PERCENT:
         return Report(D, f"{free:.1f} % free under var/", details)
     return Report(H, f"{free:.1f} % free under var/", details)
-
-
-@health_check("sync_leases", ComponentType.SYNC, timeout=TIMEOUT, failure_threshold=1, live=False)
-def check_sync_leases() -> Report:
-    """Leases long past their expiry mean the reaper (the tick's sync step) is not running."""
-    from sync.models import Fabric, SyncStatus
-
-    cutoff = timezone.now() - timedelta(seconds=settings.HEALTH_LEASE_GRACE_SECONDS)
-    stuck = Fabric.objects.filter(
-        sync_status__in=[SyncStatus.QUEUED, SyncStatus.SYNCING], lease_expires_at__lte=cutoff
-    ).count()
-    if stuck:
-        return Report(U, f"{stuck} fabric lease(s) expired more than {settings.HEALTH_LEASE_GRACE_SECONDS} s ago")
-    return Report(H, "no stale sync leases")
 
 
 def _breaker_results() -> list[HealthCheckResult]:
@@ -149,62 +133,10 @@ BREAKERS = register(
 )
 
 
-def _git_results() -> list[HealthCheckResult]:
-    """One component per distinct Git URL of the enabled fabrics (capped per sweep)."""
-    from sync.models import Fabric
-
-    fabrics: dict[str, list[str]] = {}
-    for url, name in (
-        Fabric.objects.filter(sync_enabled=True).order_by("git_url", "name").values_list("git_url", "name")
-    ):
-        if url in fabrics or len(fabrics) < settings.HEALTH_MAX_GIT_SOURCES:
-            fabrics.setdefault(url, []).append(name)
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(fabrics)))) as pool:
-        return list(pool.map(_probe_git, fabrics, fabrics.values()))
-
-
-def _probe_git(url: str, fabric_names: list[str]) -> HealthCheckResult:
-    """``git ls-remote`` through the sync's own git runner (same env, timeout, redaction)."""
-    from sync.errors import SyncError
-    from sync.sources.git import GitSource
-
-    started = timezone.now()
-    # The cache folder is never touched by ls-remote; the branch is irrelevant to it.
-    source = GitSource(url, "main", settings.SYNC_GIT_CACHE_DIR, settings.HEALTH_GIT_TIMEOUT)
-    try:
-        source.check_reachable()
-        status, message = H, "reachable"
-    except SyncError as exc:
-        status, message = U, str(exc)
-    latency = (timezone.now() - started).total_seconds() * 1000
-    return HealthCheckResult(
-        component=f"git:{redact(url)}"[:200],
-        component_type=ComponentType.FABRIC_SOURCE,
-        status=status,
-        message=message[:500],
-        latency_ms=round(latency, 2),
-        details={"fabrics": fabric_names[:50]},
-        failure_threshold=GIT.failure_threshold,
-        success_threshold=GIT.success_threshold,
-    )
-
-
-GIT = register(
-    HealthCheck(
-        "git",
-        ComponentType.FABRIC_SOURCE,
-        _git_results,
-        timeout=settings.HEALTH_GIT_TIMEOUT + 5,
-        provider=True,
-        live=False,
-    )
-)
-
-
 def _docker_client() -> Any:
     import docker
 
-    return docker.from_env(timeout=settings.HEALTH_DOCKER_TIMEOUT)
+    return docker.from_env(timeout=settings.DOCKER_TIMEOUT)
 
 
 def _check_docker() -> Report:

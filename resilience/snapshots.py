@@ -9,15 +9,15 @@ from __future__ import annotations
 from django.conf import settings
 from django.utils import timezone
 
-from resilience.breaker import BreakerMetrics, CircuitBreaker, channel_for
-from resilience.breaker_redis import known_breakers
+from core.breaker import REDIS_TIMEOUT, BreakerMetrics, CircuitBreaker, channel_for
+from core.breaker_redis import known_breakers
 from resilience.models import CircuitBreakerState
 
 OPERATIONS = ("force_open", "disable", "reset", "forget")
 
 
 def _channel_args() -> tuple[str, float]:
-    return settings.BREAKER_REDIS_URL, float(settings.BREAKER_REDIS_TIMEOUT)
+    return settings.REDIS_URL, REDIS_TIMEOUT
 
 
 def read_breaker(name: str) -> BreakerMetrics:

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from core.health import HealthCheck, get_check, registered_checks, run_checks
 from resilience.healing import HealPolicy, needs_healing
-from resilience.health import HealthCheck, get_check, registered_checks, run_checks
 from resilience.models import ComponentHealth, HealthStatus
 from resilience.tracking import record_results
 

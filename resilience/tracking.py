@@ -20,7 +20,8 @@ from django.core.cache import cache
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.utils import timezone
 
-from resilience.health import HealthCheckResult
+from core.clients import redis_client
+from core.health import HealthCheckResult
 from resilience.models import ComponentHealth, HealthStatus, HealthTransition
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def record_results(results: Iterable[HealthCheckResult]) -> list[ComponentHealth
 
 def _take_pending() -> list[HealthCheckResult]:
     try:
-        client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+        client = redis_client()
         key = cache.make_key(PENDING_KEY)
         with client.pipeline(transaction=True) as pipe:
             pipe.lrange(key, 0, -1)
@@ -159,7 +160,7 @@ def _take_pending() -> list[HealthCheckResult]:
 
 def _keep_pending(results: list[HealthCheckResult]) -> None:
     try:
-        client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+        client = redis_client()
         key = cache.make_key(PENDING_KEY)
         with client.pipeline(transaction=True) as pipe:
             pipe.rpush(key, *[json.dumps(r.as_dict()) for r in results])

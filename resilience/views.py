@@ -14,7 +14,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from resilience.health import HealthStatus, get_system_health
+from core.health import HealthStatus
+from resilience.verdict import get_system_health
 
 READY_CHECKS = ("database", "broker")
 

@@ -22,7 +22,7 @@ def check_scaling_time_limits(app_configs: Any = None, **kwargs: Any) -> list[Ch
     for (low_name, low), (high_name, high) in pairwise(chain):
         if not low < high:
             errors.append(Error(f"{low_name} ({low}) must be less than {high_name} ({high}).", id="scaling.E001"))
-    if settings.SCALING_METRIC_STALE_SECONDS < settings.SCALING_TICK_SECONDS:
+    if settings.SCALING_METRIC_STALE_SECONDS < settings.TICK_SECONDS:
         errors.append(
             Error(
                 "SCALING_METRIC_STALE_SECONDS must be at least one tick, or every metric reads as stale.",

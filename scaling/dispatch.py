@@ -2,8 +2,8 @@
 
 The step only selects ids and publishes; the work (engine calls, ~1 s stats, drains)
 happens in the tasks, each under its service's lock, so a slow or broken service never
-delays the others or the tick. The step never raises into the tick: a database or
-broker failure is logged and counted in the tick's metrics.
+delays the others or the tick. A database or broker failure fails the step with its
+reason (``StepFailed``); the tick records it and runs the other steps.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 from celery import group
 from django.conf import settings
 
-from project.tick import tick_step
+from core.tick import StepFailed, tick_step
 from scaling.models import ScalingPolicy, ScalingTrigger
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def publish_evaluations(
     if not policy_ids:
         return 0
     group(
-        evaluate_policy.si(policy_id, trigger, force_dry_run).set(expires=settings.SCALING_TICK_SECONDS)
+        evaluate_policy.si(policy_id, trigger, force_dry_run).set(expires=settings.TICK_SECONDS)
         for policy_id in policy_ids
     ).apply_async()
     return len(policy_ids)
@@ -40,12 +40,13 @@ def publish_evaluations(
 def dispatch_scaling(now: datetime) -> dict[str, int]:
     try:
         policy_ids = list(ScalingPolicy.objects.filter(enabled=True).order_by("id").values_list("id", flat=True))
-    except Exception:
-        logger.exception("scaling: could not read the policies")
-        return {"scaling_errors": 1}
+    except Exception as exc:
+        raise StepFailed(f"could not read the scaling policies: {type(exc).__name__}: {exc}") from exc
     try:
         dispatched = publish_evaluations(policy_ids)
-    except Exception:
-        logger.exception("scaling: could not publish %d evaluations", len(policy_ids))
-        return {"scaling_policies": len(policy_ids), "scaling_dispatched": 0, "scaling_errors": 1}
+    except Exception as exc:
+        raise StepFailed(
+            f"could not publish {len(policy_ids)} evaluations: {type(exc).__name__}: {exc}",
+            {"scaling_policies": len(policy_ids), "scaling_dispatched": 0},
+        ) from exc
     return {"scaling_policies": len(policy_ids), "scaling_dispatched": dispatched}

@@ -26,8 +26,8 @@ from django.conf import settings
 from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 
+from core.redaction import redact
 from scaling.validators import RESERVED_LABEL_PREFIX
-from sync.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ class DockerBackend:
     """One engine connection for one evaluation; ``close()`` it when done."""
 
     def __init__(self, base_url: str | None = None, timeout: int | None = None, max_pool_size: int | None = None):
-        self.base_url = base_url or settings.SCALING_DOCKER_URL
-        self.timeout = timeout or settings.SCALING_DOCKER_TIMEOUT
+        self.base_url = base_url or settings.DOCKER_URL
+        self.timeout = timeout or settings.DOCKER_TIMEOUT
         # The stats thread pool makes that many requests at once; a smaller pool would
         # serialise them again.
         self.max_pool_size = max_pool_size or max(10, settings.SCALING_STATS_WORKERS)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import redis
 from django.conf import settings
 
-from scaling.redis_client import redis_client as _client
+from core.clients import redis_client as _client
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +36,18 @@ def acquire(service: str, ttl_seconds: float | None = None) -> str | None:
     """Take the lock and return its token, or None when another holder has it."""
     token = uuid.uuid4().hex
     ttl_ms = int((ttl_seconds if ttl_seconds is not None else settings.SCALING_LOCK_SECONDS) * 1000)
-    won = _client(settings.SCALING_REDIS_URL).set(lock_key(service), token, nx=True, px=max(1, ttl_ms))
+    won = _client(settings.REDIS_URL).set(lock_key(service), token, nx=True, px=max(1, ttl_ms))
     return token if won else None
 
 
 def release(service: str, token: str) -> bool:
     """Release the lock if ``token`` still holds it. False if it expired or was taken over."""
-    client = _client(settings.SCALING_REDIS_URL)
+    client = _client(settings.REDIS_URL)
     return bool(client.eval(_RELEASE, 1, lock_key(service), token))
 
 
 def holder(service: str) -> str | None:
-    raw = _client(settings.SCALING_REDIS_URL).get(lock_key(service))
+    raw = _client(settings.REDIS_URL).get(lock_key(service))
     return raw.decode() if isinstance(raw, bytes) else raw
 
 

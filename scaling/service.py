@@ -19,13 +19,13 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from core.redaction import redact
 from scaling import locks, metrics
 from scaling.actions import Outcome, scale_down, scale_up
 from scaling.decisions import Decision, Rule, ScaleDirection, direction_between
 from scaling.docker_backend import DockerBackend, EngineUnreachable
 from scaling.models import ScalingEvent, ScalingPolicy, ScalingTrigger
 from scaling.planning import cooldown_remaining, plan
-from sync.redaction import redact
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -33,10 +34,27 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def prepare_var_dir(var_dir: Path) -> None:
+    """Create var/ (private: it holds the SQLite database and the secret key) and the key.
+
+    Settings never write files on import; this is the one place the embedded mode's
+    files are created. umask 077 makes every file the processes create private too.
+    """
+    os.umask(0o077)
+    var_dir.mkdir(parents=True, exist_ok=True)
+    var_dir.chmod(0o700)
+    (var_dir / "static").mkdir(exist_ok=True)  # whitenoise warns on every request without it
+    key_file = var_dir / "secret_key"
+    if "DJANGO_SECRET_KEY" not in os.environ and not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+
+
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     os.chdir(ROOT)
     var_dir = Path(os.environ.get("VAR_DIR", ROOT / "var"))
+    prepare_var_dir(var_dir)
     web_host = os.environ.get("WEB_HOST", "127.0.0.1")
     web_port = int(os.environ.get("WEB_PORT", "8000"))
     processes: dict[str, str] = {}

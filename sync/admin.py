@@ -28,9 +28,9 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.timesince import timesince, timeuntil
 
+from core.redaction import MASK, redact, redact_url
 from sync import operations
 from sync.models import Fabric, Resource, RunStatus, SyncRun, SyncStatus
-from sync.redaction import MASK, redact, redact_url
 
 RECENT_RUNS = 10
 ERROR_CHARS = 80

@@ -8,4 +8,5 @@ class SyncConfig(AppConfig):
     verbose_name = "Fabric sync"
 
     def ready(self) -> None:
-        from sync import dispatch  # noqa: F401  (registers the sync step of the tick)
+        # Registers the tick step, the health checks and the heal action of sync.
+        from sync import dispatch, health  # noqa: F401

@@ -15,8 +15,8 @@ from datetime import datetime
 
 from django.conf import settings
 
+from core.tick import tick_step
 from project.celery_app import app
-from project.tick import tick_step
 from sync import leases
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from sync.redaction import redact_url
+from core.redaction import redact_url
 from sync.validators import validate_git_branch, validate_git_path, validate_git_url
 
 

@@ -17,9 +17,9 @@ from datetime import datetime
 from django.conf import settings
 from django.db.models import Case, Q, QuerySet, Value, When
 
+from core.redaction import redact
 from sync import leases
 from sync.models import Fabric, SyncStatus, SyncTrigger
-from sync.redaction import redact
 from sync.scheduling import next_sync_after_failure, next_sync_after_success
 
 logger = logging.getLogger(__name__)

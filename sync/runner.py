@@ -19,10 +19,10 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core.redaction import redact
 from sync.errors import PermanentSyncError, SyncError, TransientSyncError
 from sync.manifests import parse_manifests
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
-from sync.redaction import redact
 from sync.resources import ResourceCounts, replace_resources
 from sync.scheduling import next_sync_after_failure, next_sync_after_success, should_suspend
 from sync.sources.git import GitSource, cache_dir_for, source_fingerprint

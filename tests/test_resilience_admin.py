@@ -9,8 +9,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from resilience.breaker import CircuitBreaker
-from resilience.breaker_core import State
+from core.breaker import CircuitBreaker
+from core.breaker_core import State
 from resilience.models import (
     CircuitBreakerState,
     ComponentHealth,

@@ -26,17 +26,17 @@ from django.conf import settings
 from hypothesis import given
 from hypothesis import settings as hsettings
 
+from core.breaker import REDIS_TIMEOUT, CircuitBreaker, CircuitBreakerOpenError, channel_for
+from core.breaker_core import BreakerConfig, State
+from core.breaker_redis import known_breakers
 from project.embedded import free_port, start_background
-from resilience.breaker import CircuitBreaker, CircuitBreakerOpenError, channel_for
-from resilience.breaker_core import BreakerConfig, State
-from resilience.breaker_redis import known_breakers
 
 
 @pytest.fixture(autouse=True)
 def _forget_test_breakers() -> Iterator[None]:
     """Unlist this file's breakers afterwards, so health sweeps in later tests do not see hundreds."""
     yield
-    channel = channel_for(settings.BREAKER_REDIS_URL, float(settings.BREAKER_REDIS_TIMEOUT))
+    channel = channel_for(settings.REDIS_URL, REDIS_TIMEOUT)
     for name in known_breakers(channel, settings.BREAKER_KEY_PREFIX):
         if name.startswith("test-"):
             CircuitBreaker(name).forget()
@@ -234,7 +234,7 @@ def test_a_forgotten_breaker_is_unlisted_and_starts_again_closed() -> None:
     name = unique("forget")
     breaker = CircuitBreaker(name, fast_config(wait_seconds=30))
     trip(breaker)
-    channel = channel_for(settings.BREAKER_REDIS_URL, float(settings.BREAKER_REDIS_TIMEOUT))
+    channel = channel_for(settings.REDIS_URL, REDIS_TIMEOUT)
     assert name in known_breakers(channel, settings.BREAKER_KEY_PREFIX)
     breaker.forget()
     assert name not in known_breakers(channel, settings.BREAKER_KEY_PREFIX)
@@ -285,7 +285,7 @@ def private_valkey(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def test_when_redis_goes_down_the_breaker_falls_back_to_a_local_one_and_says_so(private_valkey, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="resilience.breaker")
+    caplog.set_level(logging.WARNING, logger="core.breaker")
     breaker = CircuitBreaker(
         unique("fallback"), fast_config(wait_seconds=30), redis_url=private_valkey["url"], redis_retry_seconds=0.3
     )
@@ -411,7 +411,7 @@ def _stampede(target: Any, args: tuple[Any, ...], processes: int = 8) -> tuple[i
 
 
 def test_eight_processes_at_an_open_breaker_send_only_the_permitted_trials_but_pybreaker_sends_all() -> None:
-    redis_url = settings.BREAKER_REDIS_URL
+    redis_url = settings.REDIS_URL
     config = fast_config(consecutive_failures=1, wait_seconds=0.5, half_open_calls=2, success_threshold=2)
 
     ours = unique("stampede")

@@ -1,7 +1,7 @@
 """The breaker's state machine under hypothesis, with time travelled by freezegun.
 
 A per-process breaker (``shared=False``) runs against a small reference model written
-from the specification in ``resilience.breaker_core``'s docstring: every admission
+from the specification in ``core.breaker_core``'s docstring: every admission
 decision, every state and every counter must agree after each step, whatever the
 interleaving of successes, failures, ignored errors, held trial calls, operator
 actions and jumps in time.
@@ -19,8 +19,8 @@ from freezegun import freeze_time
 from hypothesis import settings as hsettings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from resilience.breaker import CircuitBreaker, CircuitBreakerOpenError, Permit
-from resilience.breaker_core import BreakerConfig, Outcome, State
+from core.breaker import CircuitBreaker, CircuitBreakerOpenError, Permit
+from core.breaker_core import BreakerConfig, Outcome, State
 
 CONFIG = BreakerConfig(
     failure_rate_threshold=50.0,

@@ -15,10 +15,11 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from core.heal import heal_action, unregister_action
+from core.health import HealthCheck, Report, register, run_checks, unregister
 from project.embedded import free_port
 from resilience import healing
-from resilience.healing import Budget, HealPolicy, claim, heal, heal_action, plan, resume, unregister_action
-from resilience.health import HealthCheck, Report, register, run_checks, unregister
+from resilience.healing import Budget, HealPolicy, claim, heal, plan, resume
 from resilience.models import ComponentHealth, ComponentType, HealingAttempt, HealingOutcome, HealthStatus
 from resilience.sweep import verify_component
 from resilience.tracking import record_results
@@ -78,7 +79,7 @@ def dead_service() -> Iterator[dict]:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return Report(HealthStatus.HEALTHY, "answers")
 
-    def poke(component: ComponentHealth) -> str:
+    def poke(component: str) -> str:
         tries.append(timezone.now())
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return "reconnected"
@@ -100,7 +101,7 @@ def sweep_at(name: str, now: datetime) -> ComponentHealth:
 
 
 def healing_check(name: str) -> HealthCheck:
-    from resilience.health import get_check
+    from core.health import get_check
 
     return get_check(name)
 
@@ -138,7 +139,7 @@ def test_a_component_in_maintenance_is_left_alone(dead_service) -> None:
 
 @pytest.mark.django_db
 def test_ten_healthy_minutes_give_the_full_budget_back() -> None:
-    from resilience.health import HealthCheckResult
+    from core.health import HealthCheckResult
 
     name = f"svc-{uuid.uuid4().hex[:6]}"
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from core.breaker import CircuitBreakerOpenError
+from core.rpc import LatencyStats, ResilientClient
 from project.embedded import free_port
-from resilience.breaker import CircuitBreakerOpenError
-from resilience.rpc import LatencyStats, ResilientClient
 
 
 class ScriptedServer:

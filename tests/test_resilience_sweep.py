@@ -16,12 +16,13 @@ import pytest
 from django.conf import settings
 from django.db import connections
 
+from core.breaker import CircuitBreaker
+from core.health import get_check, registered_checks, run_checks
+from core.tick import run_tick
 from project.embedded import free_port
-from project.tick import run_tick
-from resilience.breaker import CircuitBreaker
-from resilience.health import get_check, get_system_health, registered_checks, run_checks
 from resilience.models import CircuitBreakerState, ComponentHealth, HealthStatus, HealthTransition
 from resilience.tracking import record_results
+from resilience.verdict import get_system_health
 from tests.conftest import ROOT, is_postgres, require, wait_for, worker_database_url
 
 H, U, UNKNOWN = HealthStatus.HEALTHY, HealthStatus.UNHEALTHY, HealthStatus.UNKNOWN
@@ -42,7 +43,7 @@ def test_a_tick_runs_the_checks_as_a_group_on_real_workers_and_snapshots_the_bre
     summary = run_tick()
 
     assert summary["steps"]["health"] == "ok"
-    assert summary["metrics"]["health_checks_dispatched"] == len(registered_checks())
+    assert summary["metrics"]["health"]["health_checks_dispatched"] == len(registered_checks())
     wanted = {"database": H, "cache": H, "broker": H, "workers": H, "scheduler": H}
     wait_for(lambda: _statuses(*wanted) == wanted, timeout=60, message=worker.log())
     snapshot = wait_for(lambda: CircuitBreakerState.objects.filter(name=breaker_name).first(), timeout=30)
@@ -56,14 +57,14 @@ def test_a_tick_runs_the_checks_as_a_group_on_real_workers_and_snapshots_the_bre
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_health_step_never_raises_into_the_tick_when_the_broker_is_down(tmp_path: Path) -> None:
+def test_the_health_step_fails_with_its_reason_when_the_broker_is_down(tmp_path: Path) -> None:
     """A real fault: the tick runs in a process whose broker address has nothing listening."""
     env = {
         **os.environ,
         "DATABASE_URL": worker_database_url(),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
         "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
-        "CACHE_URL": settings.CACHE_URL,
+        "CACHE_URL": settings.REDIS_URL,
         "PYTHONPATH": str(ROOT),
     }
     started = time.monotonic()
@@ -72,9 +73,9 @@ def test_the_health_step_never_raises_into_the_tick_when_the_broker_is_down(tmp_
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
-    assert summary["steps"]["health"] == "ok"
-    assert summary["metrics"]["health_dispatch_failed"] == 1
-    assert summary["metrics"]["health_checks_dispatched"] == 0
+    assert summary["steps"]["health"] == "error"
+    assert summary["errors"]["health"].startswith("could not dispatch the health sweep")
+    assert summary["metrics"]["health"]["health_checks_dispatched"] == 0
     assert time.monotonic() - started < 60
 
 

@@ -282,7 +282,7 @@ def stop_engine(root: Path) -> None:
 
 def test_a_stopped_engine_gives_a_clean_engine_unreachable_event_and_no_crash(db, private_engine, settings):
     url, root = private_engine
-    settings.SCALING_DOCKER_URL = url
+    settings.DOCKER_URL = url
     make_policy("engine-test", min_instances=0, target_queue_depth_per_instance=None, target_cpu_percent=50.0)
     scaler = AutoScalingService()
     scaler.run("engine-test")

@@ -21,8 +21,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from core.tick import run_tick
 from project.celery_app import app
-from project.tick import run_tick
 from scaling import locks
 from scaling.decisions import Rule, ScaleDirection
 from scaling.docker_backend import hostname_of
@@ -101,7 +101,7 @@ def tick_and_wait_for_event(service: str, log: str) -> ScalingEvent:
     """One tick, then the event its evaluation recorded on the worker."""
     before = ScalingEvent.objects.filter(service=service).count()
     summary = run_tick()
-    assert summary["metrics"]["scaling_dispatched"] == 1, summary
+    assert summary["metrics"]["scaling"]["scaling_dispatched"] == 1, summary
     wait_for(lambda: ScalingEvent.objects.filter(service=service).count() > before, timeout=60, message=log)
     # The event is written under the lock: let it go before the next tick.
     wait_for(lambda: locks.holder(service) is None, timeout=10)

@@ -14,7 +14,7 @@ from scaling import locks
 def service():
     name = f"svc-{uuid.uuid4().hex[:8]}"
     yield name
-    locks._client(locks.settings.SCALING_REDIS_URL).delete(locks.lock_key(name))
+    locks._client(locks.settings.REDIS_URL).delete(locks.lock_key(name))
 
 
 def test_only_one_holder_gets_the_lock(service):
@@ -61,4 +61,4 @@ def test_different_services_do_not_block_each_other(service):
         assert locks.acquire(service, ttl_seconds=30) is not None
         assert locks.acquire(other, ttl_seconds=30) is not None
     finally:
-        locks._client(locks.settings.SCALING_REDIS_URL).delete(locks.lock_key(other))
+        locks._client(locks.settings.REDIS_URL).delete(locks.lock_key(other))

@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 from django.utils import timezone
 
-from project.tick import TickSummary, run_tick
+from core.tick import TickSummary, run_tick
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
 from tests.conftest import wait_for
 from tests.factories import make_fabric
@@ -34,8 +34,8 @@ def test_a_tick_syncs_every_due_fabric_and_isolates_the_broken_one(celery_worker
 
     summary = run_tick()
 
-    assert summary["metrics"]["fabrics_due"] == 4
-    assert summary["metrics"]["fabrics_dispatched"] == 4
+    assert summary["metrics"]["sync"]["fabrics_due"] == 4
+    assert summary["metrics"]["sync"]["fabrics_dispatched"] == 4
     names = [f.name for f in good] + ["broken"]
     wait_for(lambda: _all_settled(*names), timeout=60, message=celery_worker.log())
     for i, fabric in enumerate(good):
@@ -71,9 +71,9 @@ def test_a_new_commit_is_picked_up_on_the_next_due_sync(celery_worker, git_repo)
     assert fabric.current_commit == first
 
     second = repo.with_switches(5)
-    assert run_tick()["metrics"]["fabrics_due"] == 0  # not due yet: the commit waits for the interval
+    assert run_tick()["metrics"]["sync"]["fabrics_due"] == 0  # not due yet: the commit waits for the interval
     summary = run_tick(timezone.now() + timedelta(seconds=301))
-    assert summary["metrics"]["fabrics_dispatched"] == 1
+    assert summary["metrics"]["sync"]["fabrics_dispatched"] == 1
     wait_for(lambda: _settled(fabric) and fabric.current_commit == second, message=celery_worker.log())
     assert fabric.resources.count() == 5
     assert [r.status for r in _runs(fabric)] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
@@ -103,7 +103,7 @@ def test_two_concurrent_ticks_dispatch_each_fabric_once(celery_worker, git_repo)
     for thread in threads:
         thread.join()
 
-    assert sum(s["metrics"]["fabrics_dispatched"] for s in summaries) == 12
+    assert sum(s["metrics"]["sync"]["fabrics_dispatched"] for s in summaries) == 12
     wait_for(lambda: all(_settled(f) for f in fabrics), message=celery_worker.log())
     for fabric in fabrics:
         assert [r.status for r in _runs(fabric)] == [RunStatus.SUCCESS]
@@ -125,12 +125,12 @@ def big_repo(git_repo, files: int = 20, per_file: int = 250):
 
 def test_a_tick_while_a_sync_is_running_does_not_dispatch_it_again(celery_worker, git_repo):
     fabric = make_fabric(big_repo(git_repo).url, name="big")
-    assert run_tick()["metrics"]["fabrics_dispatched"] == 1
+    assert run_tick()["metrics"]["sync"]["fabrics_dispatched"] == 1
     wait_for(lambda: Fabric.objects.filter(id=fabric.id, sync_status=SyncStatus.SYNCING).exists(), interval=0.01)
 
     # Even a tick that believes the interval has passed must not touch a leased fabric.
     later = run_tick(timezone.now() + timedelta(seconds=10))
-    assert later["metrics"]["fabrics_dispatched"] == 0
+    assert later["metrics"]["sync"]["fabrics_dispatched"] == 0
 
     wait_for(lambda: _settled(fabric), timeout=60, message=celery_worker.log())
     assert fabric.sync_status == SyncStatus.IN_SYNC

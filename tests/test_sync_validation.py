@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
+from core.redaction import RedactingFilter, redact
 from sync.models import Fabric
-from sync.redaction import RedactingFilter, redact
 from sync.validators import validate_git_branch, validate_git_path, validate_git_url
 
 

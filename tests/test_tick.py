@@ -12,10 +12,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from core.tick import registered_steps, run_tick, tick_step
 from project.celery_app import app
 from project.schedule import ensure_master_schedule
 from project.tasks import MASTER_TASK_NAME
-from project.tick import registered_steps, run_tick, tick_step
 from sync.dispatch import dispatch_due_fabrics
 from sync.models import Fabric, SyncStatus
 from tests.conftest import tick_with_broker_down, wait_for
@@ -39,7 +39,7 @@ def test_a_failing_step_is_reported_and_does_not_stop_the_others():
         calls.append(now)
         return {"after_ran": 1}
 
-    from project import tick
+    from core import tick
 
     try:
         summary = run_tick()
@@ -48,7 +48,7 @@ def test_a_failing_step_is_reported_and_does_not_stop_the_others():
         tick._steps.pop("zz-after")
     assert summary["steps"]["zz-broken"] == "error"
     assert summary["errors"]["zz-broken"] == "RuntimeError: boom"
-    assert summary["metrics"]["after_ran"] == 1
+    assert summary["metrics"]["zz-after"]["after_ran"] == 1
     assert summary["steps"]["sync"] == "ok"
 
 
@@ -65,7 +65,7 @@ def _tick_queries(fabrics: int) -> int:
             summary = run_tick(now)
     finally:
         app.control.purge()
-    assert summary["metrics"]["fabrics_dispatched"] == fabrics
+    assert summary["metrics"]["sync"]["fabrics_dispatched"] == fabrics
     return len(queries)
 
 
@@ -111,7 +111,7 @@ def test_the_master_entry_is_created_once_and_an_operator_can_disable_it():
 def test_the_tick_command_prints_its_summary(capsys):
     call_command("tick")
     summary = json.loads(capsys.readouterr().out)
-    assert summary["metrics"]["fabrics_due"] == 0
+    assert summary["metrics"]["sync"]["fabrics_due"] == 0
     assert summary["steps"]["sync"] == "ok"
 
 
@@ -121,7 +121,7 @@ def test_the_master_scheduler_task_runs_a_tick_on_a_real_worker(celery_worker, g
     repo.with_switches(1)
     fabric = make_fabric(repo.url)
     result = app.send_task(MASTER_TASK_NAME).get(timeout=30)
-    assert result["metrics"]["fabrics_dispatched"] == 1
+    assert result["metrics"]["sync"]["fabrics_dispatched"] == 1
     wait_for(lambda: Fabric.objects.filter(id=fabric.id, sync_status=SyncStatus.IN_SYNC).exists())
 
 

@@ -20,8 +20,8 @@ import redis
 from django.conf import settings
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
+from core.clients import redis_client
 from scaling.decisions import MetricReading
-from scaling.redis_client import redis_client
 
 PUBLISHED_AT_HEADER = "published_at"
 UNACKED_KEY = Channel.unacked_key

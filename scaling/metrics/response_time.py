@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.core.cache import cache
 
+from core.clients import redis_client
 from scaling.decisions import MetricReading
-from scaling.redis_client import redis_client
 
 _KEY = "scaling:rt:{service}:{bucket}:{field}"
 

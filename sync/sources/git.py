@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from core.redaction import redact
 from sync.errors import PermanentSyncError, TransientSyncError
-from sync.redaction import redact
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 SYMLINK_MODE = "120000"

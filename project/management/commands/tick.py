@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from project.tick import run_tick
+from core.tick import run_tick
 
 
 class Command(BaseCommand):

@@ -7,7 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from resilience.health import HealthStatus, get_system_health
+from core.health import HealthStatus
+from resilience.verdict import get_system_health
 
 STYLE = {
     HealthStatus.HEALTHY: "SUCCESS",

@@ -24,10 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from core.redaction import redact
 from sync import leases
 from sync.errors import SyncError
 from sync.models import Fabric, SyncTrigger
-from sync.redaction import redact
 from sync.runner import run_sync
 
 BUSY = "busy"

@@ -18,8 +18,8 @@ Usage::
         raise
     permit.finish()
 
-The state machine is described in ``resilience.breaker_core``; the shared state
-and its Lua scripts in ``resilience.breaker_redis``. When Redis cannot be reached
+The state machine is described in ``core.breaker_core``; the shared state
+and its Lua scripts in ``core.breaker_redis``. When Redis cannot be reached
 the breaker keeps protecting the caller with a per-process breaker (never failing
 open silently): ``metrics.backend`` says ``local-fallback``, ``fallback_events``
 counts the switches, and one warning is logged per switch. Redis is tried again
@@ -41,14 +41,22 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
-from resilience.breaker_core import NOT_CLOSED, Admission, BreakerConfig, Clock, LocalBreakerCore, Outcome, State
-from resilience.breaker_redis import RedisBreakerStore, RedisChannel
+from core.breaker_core import NOT_CLOSED, Admission, BreakerConfig, Clock, LocalBreakerCore, Outcome, State
+from core.breaker_redis import RedisBreakerStore, RedisChannel
 
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+
+# Short: a dead Redis must not stall calls; the breaker falls back to per-process state
+# and tries Redis again after REDIS_RETRY_SECONDS.
+REDIS_TIMEOUT = 0.5
+REDIS_RETRY_SECONDS = 5.0
+# A process that just saw CLOSED skips the admission round trip for this long (capped at
+# half the OPEN wait, so trial calls stay exactly gated); see core.breaker_redis.
+CLOSED_TTL = 0.5
 
 _channels: dict[str, RedisChannel] = {}  # connections, one set per URL; no state lives here
 _channels_lock = threading.Lock()
@@ -65,20 +73,12 @@ def _setting(name: str, default: Any) -> Any:
 
 
 def default_config(**overrides: Any) -> BreakerConfig:
-    """The project's breaker defaults (``BREAKER_*`` settings), with ``overrides``."""
-    values: dict[str, Any] = {
-        "failure_rate_threshold": _setting("BREAKER_FAILURE_RATE_THRESHOLD", 50.0),
-        "window_size": _setting("BREAKER_WINDOW_SIZE", 20),
-        "minimum_calls": _setting("BREAKER_MINIMUM_CALLS", 20),
-        "consecutive_failures": _setting("BREAKER_CONSECUTIVE_FAILURES", 5),
-        "wait_seconds": _setting("BREAKER_WAIT_SECONDS", 30.0),
-        "wait_multiplier": _setting("BREAKER_WAIT_MULTIPLIER", 2.0),
-        "max_wait_seconds": _setting("BREAKER_MAX_WAIT_SECONDS", 300.0),
-        "half_open_calls": _setting("BREAKER_HALF_OPEN_CALLS", 3),
-        "success_threshold": _setting("BREAKER_SUCCESS_THRESHOLD", 3),
-        "trial_timeout": _setting("BREAKER_TRIAL_TIMEOUT", 30.0),
-    }
+    """``BreakerConfig``'s defaults (the one place they are written), with the
+    ``BREAKER_WAIT_SECONDS`` setting and ``overrides`` applied."""
+    values: dict[str, Any] = {"wait_seconds": _setting("BREAKER_WAIT_SECONDS", BreakerConfig.wait_seconds)}
     values.update(overrides)
+    if values["wait_seconds"] > BreakerConfig.max_wait_seconds:
+        values.setdefault("max_wait_seconds", values["wait_seconds"])
     return BreakerConfig(**values)
 
 
@@ -175,14 +175,14 @@ class CircuitBreaker:
         self._local = LocalBreakerCore(self.config)
         self._tls = threading.local()
         self._store: RedisBreakerStore | None = None
-        self.redis_retry_seconds = float(redis_retry_seconds or _setting("BREAKER_REDIS_RETRY_SECONDS", 5.0))
+        self.redis_retry_seconds = float(redis_retry_seconds or REDIS_RETRY_SECONDS)
         if shared:
-            url = redis_url or _setting("BREAKER_REDIS_URL", None)
+            url = redis_url or _setting("REDIS_URL", None)
             if not url:
-                raise ValueError("a shared breaker needs redis_url or the BREAKER_REDIS_URL setting")
-            timeout = float(redis_timeout or _setting("BREAKER_REDIS_TIMEOUT", 0.5))
+                raise ValueError("a shared breaker needs redis_url or the REDIS_URL setting")
+            timeout = float(redis_timeout or REDIS_TIMEOUT)
             prefix = key_prefix or _setting("BREAKER_KEY_PREFIX", "fcp:breaker")
-            ttl = float(closed_ttl if closed_ttl is not None else _setting("BREAKER_CLOSED_TTL", 0.5))
+            ttl = float(closed_ttl if closed_ttl is not None else CLOSED_TTL)
             self._store = RedisBreakerStore(name, self.config, channel_for(url, timeout), prefix, ttl)
         self.fallback_active = False
         self.fallback_events = 0

@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import connections
+from django.db import connections, models
 from django.utils import timezone
 
-from resilience.models import ComponentType, HealthStatus
-from sync.redaction import redact
+from core.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +40,32 @@ __all__ = [
     "HealthStatus",
     "Report",
     "SystemHealth",
-    "get_system_health",
     "health_check",
     "run_checks",
 ]
 
-SEVERITY = {HealthStatus.UNKNOWN: 0, HealthStatus.HEALTHY: 1, HealthStatus.DEGRADED: 2, HealthStatus.UNHEALTHY: 3}
+
+class HealthStatus(models.TextChoices):
+    HEALTHY = "healthy", "Healthy"
+    DEGRADED = "degraded", "Degraded"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class ComponentType(models.TextChoices):
+    DATABASE = "database", "Database"
+    CACHE = "cache", "Cache"
+    BROKER = "broker", "Broker"
+    WORKER = "worker", "Celery workers"
+    SCHEDULER = "scheduler", "Scheduler (beat)"
+    DOCKER = "docker", "Docker engine"
+    CONTAINER = "container", "Managed container"
+    FABRIC_SOURCE = "fabric_source", "Fabric Git source"
+    SERVICE = "service", "Service"
+    RPC = "rpc", "RPC target"
+    BREAKER = "breaker", "Circuit breaker"
+    DISK = "disk", "Disk"
+    SYNC = "sync", "Sync leases"
 
 
 @dataclass(frozen=True)
@@ -197,12 +216,6 @@ def run_checks(checks: Iterable[HealthCheck]) -> list[HealthCheckResult]:
     return [result for run in runs for result in run.results()]
 
 
-def timed(function: Callable[[], Report]) -> tuple[Report, float]:
-    started = time.monotonic()
-    report = function()
-    return report, (time.monotonic() - started) * 1000
-
-
 # --- the verdict -------------------------------------------------------------------
 
 
@@ -244,48 +257,3 @@ def overall_status(components: Iterable[HealthCheckResult]) -> HealthStatus:
         if c.status in (HealthStatus.UNHEALTHY, HealthStatus.DEGRADED):
             verdict = HealthStatus.DEGRADED
     return verdict
-
-
-def get_system_health(names: Iterable[str] | None = None) -> SystemHealth:
-    """Run the live checks now, and add what the last sweeps found for sweep-only components.
-
-    Live results are raw (no thresholds: this is a snapshot); sweep-only components
-    (fabric sources, sync leases) come from ``ComponentHealth`` when the database
-    answers.
-    """
-    if names is not None:
-        wanted = set(names)
-        checks = [c for c in registered_checks() if c.name in wanted]
-    else:
-        checks = registered_checks(live_only=True)
-    components = run_checks(checks)
-    if names is None:
-        components.extend(_persisted_sweep_only(exclude={c.component for c in components}))
-    return SystemHealth(overall_status(components), components, timezone.now())
-
-
-def _persisted_sweep_only(exclude: set[str]) -> list[HealthCheckResult]:
-    from resilience.models import ComponentHealth
-
-    sweep_only = [c for c in registered_checks() if not c.live]
-    if not sweep_only:
-        return []
-    try:
-        rows = list(ComponentHealth.objects.exclude(name__in=exclude).exclude(last_checked_at=None))
-    except Exception as exc:  # the database may be the very thing that is down
-        logger.warning("could not read persisted component health: %s: %s", type(exc).__name__, exc)
-        return []
-    prefixes = tuple(c.name for c in sweep_only)
-    return [
-        HealthCheckResult(
-            component=row.name,
-            component_type=ComponentType(row.component_type),
-            status=HealthStatus(row.status),
-            message=row.last_message,
-            latency_ms=row.last_latency_ms or 0.0,
-            checked_at=row.last_checked_at or row.status_since,
-            critical=row.critical,
-        )
-        for row in rows
-        if row.name.startswith(prefixes)
-    ]

@@ -1,6 +1,6 @@
 """The breaker's Lua scripts: one per admission, one per outcome, one for operators.
 
-A line-by-line port of ``resilience.breaker_core`` (its docstring numbers the steps).
+A line-by-line port of ``core.breaker_core`` (its docstring numbers the steps).
 Each runs atomically inside Redis and reads the Redis server's clock, never a caller's.
 Numbers that must keep their fraction go back to Python as strings: Redis truncates
 Lua numbers in replies to integers.

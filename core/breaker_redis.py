@@ -6,7 +6,7 @@ clock (``redis.call('TIME')``), never by the drifting clocks of the callers. No 
 is held while the protected call runs: the caller holds a permit (epoch, and for a
 trial a token leased in a sorted set), and reports back.
 
-The scripts (``resilience.breaker_lua``) are a line-by-line port of ``resilience.breaker_core`` (read its
+The scripts (``core.breaker_lua``) are a line-by-line port of ``core.breaker_core`` (read its
 docstring for the state machine); a hypothesis test checks they agree.
 
 At most one round trip per call:
@@ -41,8 +41,8 @@ from typing import Any
 import redis
 from redis.connection import ConnectionPool
 
-from resilience.breaker_core import Admission, BreakerConfig, Outcome, State
-from resilience.breaker_lua import ADMIT, OPERATE, RECORD
+from core.breaker_core import Admission, BreakerConfig, Outcome, State
+from core.breaker_lua import ADMIT, OPERATE, RECORD
 
 REGISTRY_SUFFIX = "registry"
 

@@ -2,7 +2,7 @@
 
 This is the per-process breaker (used alone with ``shared=False`` and as the
 fallback when Redis is unreachable) and the reference model for the Lua scripts in
-``resilience.breaker_redis``: both implement exactly the algorithm below, and a
+``core.breaker_redis``: both implement exactly the algorithm below, and a
 hypothesis test drives them side by side.
 
 State machine, per breaker:

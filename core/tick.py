@@ -7,9 +7,14 @@ Each feature registers one *step* from its ``AppConfig.ready()``::
         ...
         return {"fabrics_due": 3, "fabrics_dispatched": 3}
 
-A tick runs every step in ``order`` with the same ``now``; a step returns integer
-metrics that are merged into the tick's summary. A step that raises is recorded in
-``errors`` and never stops the steps after it. Steps must be fast: they select and
+One error contract for every step: a step either returns its integer metrics (it
+succeeded) or raises (it failed). ``StepFailed(reason, metrics)`` carries the
+metrics of a partial run; any other exception is a failure with its type and
+message as the reason. A step never reports failure as a metric, so a failed step
+can never read "ok". The summary groups metrics by step
+(``summary["metrics"]["sync"]["fabrics_due"]``), so two steps' keys never collide, and
+a step that fails is recorded in ``steps`` and ``errors`` without stopping the steps
+after it. Steps must be fast: they select and
 dispatch work to Celery, they never do the work themselves. The registry holds code,
 not state; everything a step decides with lives in the database or Redis.
 """
@@ -27,16 +32,27 @@ from django.core.cache import cache
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from core.redaction import redact
+
 logger = logging.getLogger(__name__)
 
 StepFunction = Callable[[datetime], Mapping[str, int]]
 LAST_TICK_CACHE_KEY = "project:last_tick"
 
 
+class StepFailed(Exception):
+    """A step failed with a reason an operator can read, after doing part of its work."""
+
+    def __init__(self, reason: str, metrics: Mapping[str, int] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.metrics = dict(metrics or {})
+
+
 class TickSummary(TypedDict):
     at: str
     duration_ms: float
-    metrics: dict[str, int]
+    metrics: dict[str, dict[str, int]]
     steps: dict[str, str]
     errors: NotRequired[dict[str, str]]
 
@@ -73,18 +89,23 @@ def run_tick(now: datetime | None = None) -> TickSummary:
     if not connection.in_atomic_block:
         close_old_connections()
     started = time.perf_counter()
-    metrics: dict[str, int] = {}
+    metrics: dict[str, dict[str, int]] = {}
     steps: dict[str, str] = {}
     errors: dict[str, str] = {}
     for step in registered_steps():
         try:
-            for key, value in step.run(now).items():
-                metrics[key] = metrics.get(key, 0) + int(value)
+            metrics[step.name] = {key: int(value) for key, value in step.run(now).items()}
             steps[step.name] = "ok"
+        except StepFailed as exc:
+            logger.error("tick step %s failed: %s", step.name, exc.reason)
+            metrics[step.name] = exc.metrics
+            steps[step.name] = "error"
+            errors[step.name] = redact(exc.reason)[:500]
         except Exception as exc:
             logger.exception("tick step %s failed", step.name)
+            metrics[step.name] = {}
             steps[step.name] = "error"
-            errors[step.name] = f"{type(exc).__name__}: {exc}"
+            errors[step.name] = redact(f"{type(exc).__name__}: {exc}")[:500]
     summary: TickSummary = {
         "at": now.isoformat(),
         "duration_ms": round((time.perf_counter() - started) * 1000, 1),

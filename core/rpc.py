@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from django.conf import settings
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_random_exponential
 
-from resilience.breaker import CircuitBreaker
-from resilience.breaker_core import BreakerConfig
+from core.breaker import CircuitBreaker
+from core.breaker_core import BreakerConfig
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -100,11 +99,11 @@ class ResilientClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.timeout = timeout if timeout is not None else settings.RPC_TIMEOUT
-        self.deadline = deadline if deadline is not None else settings.RPC_DEADLINE
-        self.max_attempts = max_attempts or settings.RPC_MAX_ATTEMPTS
-        self.backoff_base = backoff_base if backoff_base is not None else settings.RPC_BACKOFF_BASE
-        self.backoff_max = backoff_max if backoff_max is not None else settings.RPC_BACKOFF_MAX
+        self.timeout = timeout if timeout is not None else 5.0
+        self.deadline = deadline if deadline is not None else 15.0
+        self.max_attempts = max_attempts or 3
+        self.backoff_base = backoff_base if backoff_base is not None else 0.2
+        self.backoff_max = backoff_max if backoff_max is not None else 5.0
         self.breaker_config = breaker_config
         self.shared_breakers = shared_breakers
         self._sleep = sleep

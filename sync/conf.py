@@ -1,0 +1,30 @@
+"""Tuning defaults of fabric sync (loaded into Django settings by ``project/settings.py``).
+
+Ordering that must hold (checked at start-up by ``project.checks``):
+soft time limit < hard time limit < lease < Redis visibility timeout. The soft limit
+lets a sync record its own timeout; the hard limit kills a stuck process; the lease
+outlives the hard limit, so a lease only expires once its holder is certainly dead;
+the visibility timeout outlives the lease, so Redis never redelivers a message whose
+sync may still be running.
+"""
+
+from core.env import env_int
+
+SYNC_SOFT_TIME_LIMIT = env_int("SYNC_SOFT_TIME_LIMIT", 240)
+SYNC_HARD_TIME_LIMIT = env_int("SYNC_HARD_TIME_LIMIT", 300)
+SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 360)
+# How long a claimed fabric waits for a worker to pick its message up before the claim
+# is released and a later tick may dispatch it again (the stale message is then dropped).
+SYNC_QUEUE_LEASE_SECONDS = env_int("SYNC_QUEUE_LEASE_SECONDS", 900)
+
+SYNC_MAX_RETRIES = env_int("SYNC_MAX_RETRIES", 3)  # transient failures, within one due sync
+SYNC_RETRY_BACKOFF_MAX = env_int("SYNC_RETRY_BACKOFF_MAX", 600)
+SYNC_MAX_DELIVERIES = 3  # poison-message guard: deliveries whose worker died mid-sync
+SYNC_FAILURE_BACKOFF_MAX = env_int("SYNC_FAILURE_BACKOFF_MAX", 3600)
+SYNC_SUSPEND_AFTER_FAILURES = env_int("SYNC_SUSPEND_AFTER_FAILURES", 10)
+SYNC_MAX_MANIFEST_BYTES = env_int("SYNC_MAX_MANIFEST_BYTES", 1024 * 1024)
+SYNC_MAX_MANIFESTS = env_int("SYNC_MAX_MANIFESTS", 20000)
+SYNC_GIT_TIMEOUT = env_int("SYNC_GIT_TIMEOUT", 120)
+# Fabrics per fan-out message: the tick publishes one message per chunk and a worker
+# expands it into one task per fabric, so the tick stays fast at 10,000 fabrics.
+SYNC_DISPATCH_CHUNK = 250
