@@ -1,32 +1,20 @@
 """When is a fabric due? Pure functions of a fabric's state and an injected clock.
 
-The tick selects due fabrics with one indexed query on ``next_sync_at``; that column
-is only ever written with ``next_sync_after_success`` / ``next_sync_after_failure``,
-so the query and ``fabric_needs_sync`` always agree.
+The tick selects due fabrics with one indexed query (``sync.leases.due_fabrics``).
+``fabric_needs_sync`` states the same rule in Python, for one fabric; production never
+calls it. It is the oracle that ``tests/test_sync_due_predicate.py`` checks the SQL
+query against on generated fabrics (hypothesis), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
-from typing import Protocol
 
-from sync.models import SyncStatus
-
-
-class Schedulable(Protocol):
-    sync_enabled: bool
-    sync_status: str
-    sync_interval: int
-    next_sync_at: datetime
-    lease_expires_at: datetime | None
+from sync.models import Fabric, SyncStatus
 
 
-def lease_is_held(fabric: Schedulable, now: datetime) -> bool:
-    return fabric.lease_expires_at is not None and fabric.lease_expires_at > now
-
-
-def fabric_needs_sync(fabric: Schedulable, now: datetime) -> bool:
+def fabric_needs_sync(fabric: Fabric, now: datetime) -> bool:
     """True when the tick should dispatch this fabric at ``now``.
 
     1. Disabled and suspended fabrics are never due.
@@ -36,7 +24,7 @@ def fabric_needs_sync(fabric: Schedulable, now: datetime) -> bool:
     """
     if not fabric.sync_enabled or fabric.sync_status == SyncStatus.SUSPENDED:
         return False
-    if lease_is_held(fabric, now):
+    if fabric.lease_expires_at is not None and fabric.lease_expires_at > now:
         return False
     return fabric.next_sync_at <= now
 
