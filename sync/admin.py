@@ -28,6 +28,7 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.timesince import timesince, timeuntil
 
+from core.audit import audit
 from core.redaction import MASK, redact, redact_url
 from sync import operations
 from sync.models import Fabric, Resource, RunStatus, SyncRun, SyncStatus
@@ -341,7 +342,9 @@ class FabricAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync now", permissions=["change"])
     def sync_now(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
+        selected = list(_plain(queryset).only("id", "name"))
         outcome = operations.enqueue_manual_syncs(_plain(queryset).only("id", "name"), timezone.now())
+        audit(request, selected, f"Sync now: {len(outcome.enqueued)} enqueued, {len(outcome.busy)} busy")
         if outcome.enqueued:
             self.message_user(request, f"Enqueued {_fabrics(len(outcome.enqueued))} for sync.", messages.SUCCESS)
         if outcome.busy:
@@ -360,16 +363,19 @@ class FabricAdmin(admin.ModelAdmin):
     @admin.action(description="Enable sync", permissions=["change"])
     def enable_sync(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
         changed = operations.set_sync_enabled(_plain(queryset), True, timezone.now())
+        audit(request, _plain(queryset).only("id", "name"), "Enabled sync")
         self.message_user(request, f"Enabled sync for {_fabrics(changed)}.", messages.SUCCESS)
 
     @admin.action(description="Disable sync", permissions=["change"])
     def disable_sync(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
         changed = operations.set_sync_enabled(_plain(queryset), False, timezone.now())
+        audit(request, _plain(queryset).only("id", "name"), "Disabled sync")
         self.message_user(request, f"Disabled sync for {_fabrics(changed)}.", messages.SUCCESS)
 
     @admin.action(description="Reset failures", permissions=["change"])
     def reset_failures(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
         selected = _plain(queryset)
+        audit(request, selected.only("id", "name"), "Reset failures")
         reset = operations.reset_failures(selected, timezone.now())
         self.message_user(request, f"Reset failures of {_fabrics(reset)}; they are due now.", messages.SUCCESS)
         untouched = selected.count() - reset
