@@ -39,7 +39,9 @@ def test_a_view_only_user_cannot_run_a_fabric_action_and_nothing_is_logged(actio
     run_action(client, action, fabric)
 
     fabric.refresh_from_db()
-    assert fabric.sync_enabled and fabric.consecutive_failures == 2 and fabric.lease_token == ""
+    assert fabric.sync_enabled
+    assert fabric.consecutive_failures == 2
+    assert fabric.lease_token == ""
     assert not LogEntry.objects.exists()
 
 
