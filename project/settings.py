@@ -94,6 +94,26 @@ TEMPLATES = [
     },
 ]
 
+# --- HTTPS -------------------------------------------------------------------------------
+# Behind TLS (a reverse proxy that sets X-Forwarded-Proto), DJANGO_HTTPS=true turns on
+# what `manage.py check --deploy` asks for: redirect to HTTPS, secure session and CSRF
+# cookies, and HSTS (a year by default; DJANGO_HSTS_SECONDS=0 while trying it out).
+HTTPS = env_bool("DJANGO_HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Submitting a domain to the browsers' preload list is an organisation's decision
+        # that is hard to undo, not something a deployment should opt into by default.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
 # --- Database -------------------------------------------------------------------------
 # PostgreSQL in production; SQLite in WAL mode for the embedded default. WAL lets the
 # web server read while a worker writes; IMMEDIATE transactions take the write lock up
