@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.gitrepo import GitRepo
+from tests.pgcluster import postgres_cluster  # noqa: F401  (a fixture, offered to every test)
 
 ROOT = Path(__file__).resolve().parent.parent
 # In CI a missing service fails the run; the extra embedded pass (FCP_EMBEDDED=1) runs
