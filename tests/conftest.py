@@ -4,6 +4,12 @@ Tests never run Celery in eager mode. ``celery_worker`` starts a real
 ``celery worker`` process (prefork) against the same broker and the same test
 database as the test process, so every message is serialised, published to Redis
 and consumed by another process, exactly as in production.
+
+Each test session owns its broker: ``scripts/test.sh`` claims a Redis database no
+other session uses (or starts a private Valkey) and says so in
+``FCP_TEST_BROKER_PRIVATE``; its cache and breaker keys carry the session's
+``FCP_TEST_NAMESPACE``. So a session's workers, pings and purges never meet another
+session's, and nothing here touches a broker the session does not own.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.utils.nodenames import host_format
 from django.conf import settings
 from django.db import connection
 
@@ -46,6 +53,28 @@ def is_postgres() -> bool:
 @pytest.fixture
 def postgres_only(db: None) -> None:
     require(is_postgres(), "needs PostgreSQL (set DATABASE_URL)")
+
+
+def broker_is_private() -> bool:
+    """True when this session owns its broker database (scripts/services.sh claimed or started it)."""
+    return os.environ.get("FCP_TEST_BROKER_PRIVATE") == "1"
+
+
+@pytest.fixture
+def private_broker() -> None:
+    """For tests that need to know every worker on the broker: only this session's can answer."""
+    require(broker_is_private(), "needs a broker of this session's own (run through scripts/test.sh)")
+
+
+def purge_session_queues() -> None:
+    """Drop the messages waiting in this session's queues, so a new worker starts on an empty queue.
+
+    Only on a broker the session owns: on a shared one, the messages may be someone else's.
+    """
+    from project.celery_app import app
+
+    if broker_is_private():
+        app.control.purge()
 
 
 @pytest.fixture(scope="session")
@@ -109,18 +138,20 @@ class WorkerProcess:
         self.concurrency = concurrency
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        # Its own node name, so readiness waits for this worker's answer, not an earlier one's.
+        self.hostname = host_format(f"test-{os.getpid()}-{time.monotonic_ns()}@%h")
 
     def start(self) -> None:
-        from project.celery_app import app
-
-        app.control.purge()
+        # Earlier tests of this session may have left messages no worker took (ticks
+        # without a worker); a worker of this test must not run them against its data.
+        purge_session_queues()
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "project", "worker",
                 "--pool", "prefork", "--concurrency", str(self.concurrency),
                 "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-                "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+                "--hostname", self.hostname,
             ],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -135,7 +166,7 @@ class WorkerProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{self.log()}")
-            if app.control.ping(timeout=0.5):
+            if app.control.ping(destination=[self.hostname], timeout=0.5):
                 return
         raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log()}")
 

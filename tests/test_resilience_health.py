@@ -185,7 +185,7 @@ def test_liveness_and_readiness_answer_without_login(client) -> None:
 
 
 @pytest.mark.django_db
-def test_full_health_is_503_without_workers_and_leaks_no_secrets(client) -> None:
+def test_full_health_is_503_without_workers_and_leaks_no_secrets(client, private_broker) -> None:
     record_results(
         [
             HealthCheckResult(
@@ -198,7 +198,9 @@ def test_full_health_is_503_without_workers_and_leaks_no_secrets(client) -> None
         ]
     )
     response = client.get("/health/")
-    assert response.status_code == 503  # no Celery worker runs in this test: a critical failure
+    # No Celery worker runs in this test, and the session's broker is its own (private_broker), so no
+    # other session's worker can answer the ping: a critical failure.
+    assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unhealthy"
     assert body["components"]["workers"]["status"] == "unhealthy"
@@ -211,7 +213,7 @@ def test_full_health_is_503_without_workers_and_leaks_no_secrets(client) -> None
 
 
 @pytest.mark.django_db
-def test_the_health_command_prints_a_table_and_exits_non_zero_when_unhealthy(capsys) -> None:
+def test_the_health_command_prints_a_table_and_exits_non_zero_when_unhealthy(capsys, private_broker) -> None:
     with pytest.raises(SystemExit) as exited:
         call_command("health")
     assert exited.value.code == 1
