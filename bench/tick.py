@@ -12,7 +12,8 @@ same broker and database:
    the baseline.
 5. Print the numbers and the ratio tick / group (target: at most 0.25).
 
-The queue is purged between phases and at the end.
+Every message goes to a queue of the benchmark's own, emptied between phases and
+deleted at the end: it never purges a queue someone else may be using.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from sync.models import Fabric  # noqa: E402
 from sync.tasks import fan_out  # noqa: E402
 
 N = int(os.environ.get("BENCH_FABRICS", "10000"))
+BENCH_QUEUE = f"bench-tick-{os.getpid()}"
+# Before anything is published: every task without a route of its own lands in BENCH_QUEUE.
+app.conf.task_default_queue = BENCH_QUEUE
 
 
 @app.task(name="bench.noop")
@@ -60,10 +64,19 @@ def create_due_fabrics(now: datetime) -> None:
     )
 
 
+def empty_bench_queue(delete: bool = False) -> None:
+    """Drop the messages of BENCH_QUEUE (only this run publishes there); ``delete`` removes the queue too."""
+    with app.connection_for_write() as conn:
+        queue = app.amqp.queues[BENCH_QUEUE].bind(conn.default_channel)
+        queue.purge()
+        if delete:
+            queue.declare()  # Kombu deletes only the bindings this channel knows of
+            queue.delete()
+
+
 def main() -> None:
     now = timezone.now()
     create_due_fabrics(now)
-    app.control.purge()
 
     with CaptureQueriesContext(connection) as queries:
         started = time.perf_counter()
@@ -79,12 +92,12 @@ def main() -> None:
     for start in range(0, len(ids), chunk):
         fan_out(ids[start : start + chunk], token)
     fan_out_seconds = time.perf_counter() - started
-    app.control.purge()
+    empty_bench_queue()
 
     started = time.perf_counter()
     group(noop.s() for _ in range(N)).apply_async()
     group_seconds = time.perf_counter() - started
-    app.control.purge()
+    empty_bench_queue()
     Fabric.objects.all().delete()
 
     ratio = tick_seconds / group_seconds
@@ -106,4 +119,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        empty_bench_queue(delete=True)  # also when a phase failed half-way
