@@ -10,24 +10,23 @@ from django.conf import settings
 from django.db import connections
 
 from core.heal import heal_action
+from resilience.engine import engine_client
 
 
 @heal_action("restart_container", "container:*")
 def restart_container(component: str) -> str:
-    """Restart a managed container that failed its check, through the Docker engine."""
-    import docker
+    """Restart a managed container that failed its check, through the engine at ``DOCKER_URL``.
 
+    Raises ``EngineUnavailable`` without calling the engine while its breaker is open.
+    """
     name = component.removeprefix("container:")
-    client = docker.from_env(timeout=settings.DOCKER_TIMEOUT + settings.HEAL_CONTAINER_STOP_TIMEOUT)
-    try:
+    with engine_client(settings.DOCKER_TIMEOUT + settings.HEAL_CONTAINER_STOP_TIMEOUT) as client:
         container = client.containers.get(name)
         if container.labels.get(settings.HEALTH_CONTAINER_LABEL) != "true":
             raise RuntimeError(f"container {name} is no longer managed (label removed); leaving it alone")
         container.restart(timeout=settings.HEAL_CONTAINER_STOP_TIMEOUT)
         container.reload()
         return f"restarted container {name}: now {container.status}"
-    finally:
-        client.close()
 
 
 @heal_action("reconnect_database", "database")

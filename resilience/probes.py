@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from core.health import HealthCheck, HealthCheckResult, Report, health_check, register
 from core.tick import LAST_TICK_CACHE_KEY
+from resilience.engine import EngineUnavailable, engine_client, is_engine_failure
 from resilience.models import ComponentType, HealthStatus
 
 H, D, U, UNKNOWN = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY, HealthStatus.UNKNOWN
@@ -133,51 +134,77 @@ BREAKERS = register(
 )
 
 
-def _docker_client() -> Any:
-    import docker
-
-    return docker.from_env(timeout=settings.DOCKER_TIMEOUT)
+# Below the runner's timeout, so the engine call ends (and reaches the breaker) first.
+DOCKER_CHECK_TIMEOUT = max(1, min(settings.DOCKER_TIMEOUT, int(TIMEOUT) - 1))
 
 
 def _check_docker() -> Report:
-    client = _docker_client()
+    """The engine at ``DOCKER_URL`` answers a ping; an open breaker answers for it."""
     try:
-        client.ping()
-        version = client.version().get("Version", "?")
-    finally:
-        client.close()
+        with engine_client(DOCKER_CHECK_TIMEOUT) as client:
+            client.ping()
+            version = client.version().get("Version", "?")
+    except EngineUnavailable as exc:
+        # Forced open by an operator says nothing about the engine; open says it failed.
+        return Report(D if exc.forced else U, str(exc), {"breaker_state": exc.state.value})
     return Report(H, f"Docker engine {version} answers")
+
+
+def _known_containers() -> list[str]:
+    from resilience.models import ComponentHealth
+
+    return list(ComponentHealth.objects.filter(name__startswith="container:").values_list("name", flat=True))
+
+
+def _containers_unknown(reason: str) -> list[HealthCheckResult]:
+    """The engine cannot tell: each known container keeps its status (UNKNOWN changes nothing)."""
+    return [
+        HealthCheckResult(
+            component=name,
+            component_type=ComponentType.CONTAINER,
+            status=UNKNOWN,
+            message=f"skipped: {reason}",
+            failure_threshold=CONTAINERS.failure_threshold,
+            success_threshold=CONTAINERS.success_threshold,
+        )
+        for name in _known_containers()
+    ]
 
 
 def _container_results() -> list[HealthCheckResult]:
     """Managed containers (label ``HEALTH_CONTAINER_LABEL=true``): running, and healthy if they say."""
-    client = _docker_client()
     try:
-        containers = client.containers.list(all=True, filters={"label": f"{settings.HEALTH_CONTAINER_LABEL}=true"})
-        results = []
-        for container in containers:
-            state: dict[str, Any] = container.attrs.get("State", {})
-            health = (state.get("Health") or {}).get("Status")
-            if state.get("Status") != "running":
-                status, message = U, f"{state.get('Status')} (exit code {state.get('ExitCode')})"
-            elif health == "unhealthy":
-                status, message = U, "running, but its HEALTHCHECK fails"
-            else:
-                status, message = H, f"running{f', {health}' if health else ''}"
-            results.append(
-                HealthCheckResult(
-                    component=f"container:{container.name}",
-                    component_type=ComponentType.CONTAINER,
-                    status=status,
-                    message=message,
-                    details={"id": container.short_id, "restart_count": container.attrs.get("RestartCount", 0)},
-                    failure_threshold=CONTAINERS.failure_threshold,
-                    success_threshold=CONTAINERS.success_threshold,
-                )
+        with engine_client(DOCKER_CHECK_TIMEOUT) as client:
+            label = f"{settings.HEALTH_CONTAINER_LABEL}=true"
+            containers = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+    except EngineUnavailable as exc:
+        return _containers_unknown(str(exc))
+    except Exception as exc:
+        if not is_engine_failure(exc):
+            raise
+        return _containers_unknown(f"Docker engine unreachable ({type(exc).__name__})")
+    results = []
+    for container in containers:
+        state: dict[str, Any] = container.attrs.get("State", {})
+        health = (state.get("Health") or {}).get("Status")
+        if state.get("Status") != "running":
+            status, message = U, f"{state.get('Status')} (exit code {state.get('ExitCode')})"
+        elif health == "unhealthy":
+            status, message = U, "running, but its HEALTHCHECK fails"
+        else:
+            status, message = H, f"running{f', {health}' if health else ''}"
+        results.append(
+            HealthCheckResult(
+                component=f"container:{container.name}",
+                component_type=ComponentType.CONTAINER,
+                status=status,
+                message=message,
+                details={"id": container.short_id, "restart_count": container.attrs.get("RestartCount", 0)},
+                failure_threshold=CONTAINERS.failure_threshold,
+                success_threshold=CONTAINERS.success_threshold,
             )
-        return results
-    finally:
-        client.close()
+        )
+    return results
 
 
 CONTAINERS = HealthCheck("container", ComponentType.CONTAINER, _container_results, timeout=TIMEOUT, provider=True)

@@ -40,7 +40,10 @@ def sweep(names: Iterable[str], heal: Callable[[int], Any] | None = None) -> dic
     results = run_checks(checks)
     rows = record_results(results)
     policy = HealPolicy.from_settings()
-    due = [row.pk for row in rows if needs_healing(row, policy)]
+    # A skipped check (what it depends on is down, say the Docker engine) changes nothing,
+    # and healing through that same dependency would only spend the budget.
+    skipped = {r.component for r in results if r.status == HealthStatus.UNKNOWN}
+    due = [row.pk for row in rows if row.name not in skipped and needs_healing(row, policy)]
     if heal is not None:
         for pk in due:
             heal(pk)
