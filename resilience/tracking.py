@@ -2,7 +2,9 @@
 
 ``next_status`` is the threshold rule (pure); ``record_results`` applies it to
 ``ComponentHealth`` rows under a row lock and writes a ``HealthTransition`` for every
-change. When the database itself is down its results cannot be written, so they
+change. It writes only the fields it owns (``TRACKED_FIELDS``): maintenance, "needs
+attention" and the healing budget are written by operators and healing at the same
+time, and a whole-row save would undo them. When the database itself is down its results cannot be written, so they
 wait in a Redis list and are replayed, in order, by the next recording that reaches
 the database: the outage then appears in the history with the times it happened.
 """
@@ -68,13 +70,40 @@ def next_status(
     return Smoothed(raw, 0, successes)
 
 
+# What tracking writes on a component row; everything else belongs to operators
+# (maintenance) and healing (needs attention, the budget, the heal lock).
+TRACKED_FIELDS = [
+    "component_type",
+    "critical",
+    "status",
+    "status_since",
+    "consecutive_failures",
+    "consecutive_successes",
+    "last_message",
+    "last_latency_ms",
+    "last_details",
+    "last_checked_at",
+    "updated_at",
+]
+
+
 def _apply(result: HealthCheckResult) -> ComponentHealth | None:
     component, _ = ComponentHealth.objects.select_for_update().get_or_create(
         name=result.component,
         defaults={"component_type": result.component_type, "critical": result.critical},
     )
+    return component if apply_result(component, result) else None
+
+
+def apply_result(component: ComponentHealth, result: HealthCheckResult) -> bool:
+    """Apply ``result`` to ``component`` and write only the fields tracking owns.
+
+    ``component`` may be older than the row (the row lock of ``_apply`` prevents that on
+    PostgreSQL, not on SQLite): what operators and healing wrote meanwhile stays.
+    Returns False for a result older than the last one recorded.
+    """
     if component.last_checked_at is not None and result.checked_at <= component.last_checked_at:
-        return None  # an older result arriving late (replayed, or a slow overlapping sweep)
+        return False  # an older result arriving late (replayed, or a slow overlapping sweep)
     smoothed = next_status(
         HealthStatus(component.status),
         component.consecutive_failures,
@@ -109,19 +138,25 @@ def _apply(result: HealthCheckResult) -> ComponentHealth | None:
     component.last_latency_ms = result.latency_ms
     component.last_details = result.details
     component.last_checked_at = result.checked_at
+    component.save(update_fields=TRACKED_FIELDS)
     _reset_budget_after_healthy_period(component, result.checked_at)
-    component.save()
-    return component
+    return True
 
 
 def _reset_budget_after_healthy_period(component: ComponentHealth, now: datetime) -> None:
-    """Ten healthy minutes (Kubernetes' rule) give a component its full healing budget back."""
+    """Ten healthy minutes (Kubernetes' rule) give a component its full healing budget back.
+
+    A conditional UPDATE of the budget fields only, and only when there is a budget to
+    give back, so a healthy component costs no extra write.
+    """
     healthy_for = timedelta(seconds=settings.HEAL_RESET_AFTER_SECONDS)
-    if component.status == HealthStatus.HEALTHY and component.status_since <= now - healthy_for:
-        component.heal_attempts = 0
-        component.heal_backoff_seconds = 0
-        component.heal_window_started_at = None
-        component.next_heal_at = None
+    if component.status != HealthStatus.HEALTHY or component.status_since > now - healthy_for:
+        return
+    full = {"heal_attempts": 0, "heal_backoff_seconds": 0, "heal_window_started_at": None, "next_heal_at": None}
+    if any(getattr(component, field) != value for field, value in full.items()):
+        ComponentHealth.objects.filter(pk=component.pk, status=HealthStatus.HEALTHY).update(**full)
+        for field, value in full.items():
+            setattr(component, field, value)
 
 
 def record_results(results: Iterable[HealthCheckResult]) -> list[ComponentHealth]:
