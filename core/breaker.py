@@ -67,9 +67,19 @@ def _wall_clock() -> float:
 
 
 def _setting(name: str, default: Any) -> Any:
-    from django.conf import settings
+    """A Django setting, or ``default`` outside Django.
 
-    return getattr(settings, name, default) if settings.configured else default
+    Not ``settings.configured``: that stays False until something first reads a
+    setting, so a fresh process would silently use the defaults (another key prefix,
+    another Redis) and not share state with the rest of the fleet.
+    """
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return getattr(settings, name, default)
+    except ImproperlyConfigured:
+        return default
 
 
 def default_config(**overrides: Any) -> BreakerConfig:
