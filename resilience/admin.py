@@ -4,9 +4,13 @@
   healing gave up ("needs attention") or an operator parked it (maintenance), with
   its transitions and healing attempts inline. Actions: maintenance on/off, resume
   healing after "needs attention".
-- Circuit breakers: the snapshot refreshed each tick; actions force open, disable and
-  reset act on the live state in Redis and refresh the row.
+- Circuit breakers: the snapshot refreshed each tick, and which calls each one guards;
+  actions force open, disable, reset and forget act on the live state in Redis and
+  refresh the row.
 - Transitions and healing attempts: read-only history, filterable.
+
+Every action that changes state needs the change permission (a view-only user is not
+offered it) and leaves one admin log entry per object it changed: who, what, when.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from datetime import datetime
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.forms import ModelForm
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
+from core.guards import guard_description
 from resilience import healing, snapshots
 from resilience.models import (
     CircuitBreakerState,
@@ -141,19 +147,37 @@ class ComponentHealthAdmin(admin.ModelAdmin):
     def checked(self, obj: ComponentHealth) -> str:
         return ago(obj.last_checked_at)
 
-    @admin.action(description="Put in maintenance (healing leaves them alone)")
+    def save_model(self, request: HttpRequest, obj: ComponentHealth, form: ModelForm, change: bool) -> None:
+        # Only what the operator changed: tracking and healing write the other fields meanwhile.
+        if change and form.changed_data:
+            obj.save(update_fields=[*form.changed_data, "updated_at"])
+        elif not change:
+            obj.save()
+
+    def _set_maintenance(self, request: HttpRequest, queryset: QuerySet[ComponentHealth], on: bool) -> int:
+        targets = list(queryset.filter(in_maintenance=not on))
+        ComponentHealth.objects.filter(pk__in=[c.pk for c in targets]).update(in_maintenance=on)
+        for component in targets:
+            self.log_change(request, component, "Put in maintenance" if on else "Ended maintenance")
+        return len(targets)
+
+    @admin.action(description="Put in maintenance (healing leaves them alone)", permissions=["change"])
     def start_maintenance(self, request: HttpRequest, queryset: QuerySet[ComponentHealth]) -> None:
-        count = queryset.update(in_maintenance=True)
+        count = self._set_maintenance(request, queryset, on=True)
         self.message_user(request, f"{count} component(s) in maintenance: no healing until you end it.")
 
-    @admin.action(description="End maintenance")
+    @admin.action(description="End maintenance", permissions=["change"])
     def end_maintenance(self, request: HttpRequest, queryset: QuerySet[ComponentHealth]) -> None:
-        count = queryset.update(in_maintenance=False)
+        count = self._set_maintenance(request, queryset, on=False)
         self.message_user(request, f"{count} component(s) out of maintenance.")
 
-    @admin.action(description="Resume healing (clear needs attention, full budget)")
+    @admin.action(description="Resume healing (clear needs attention, full budget)", permissions=["change"])
     def resume_healing(self, request: HttpRequest, queryset: QuerySet[ComponentHealth]) -> None:
-        count = healing.resume(list(queryset.values_list("pk", flat=True)))
+        targets = list(queryset)
+        count = healing.resume([c.pk for c in targets])
+        for c in targets:
+            was = f"needs attention: {'yes' if c.needs_attention else 'no'}, {c.heal_attempts} attempt(s) spent"
+            self.log_change(request, c, f"Resumed healing with a full budget (was {was})")
         self.message_user(request, f"Healing resumed for {count} component(s) with a full budget.")
 
 
@@ -161,6 +185,7 @@ class ComponentHealthAdmin(admin.ModelAdmin):
 class CircuitBreakerStateAdmin(admin.ModelAdmin):
     list_display = (
         "name",
+        "guards",
         "state_badge",
         "failure_rate",
         "consecutive_failures",
@@ -172,7 +197,7 @@ class CircuitBreakerStateAdmin(admin.ModelAdmin):
     )
     list_filter = ("state",)
     search_fields = ("name",)
-    readonly_fields = tuple(f.name for f in CircuitBreakerState._meta.fields)
+    readonly_fields = (*(f.name for f in CircuitBreakerState._meta.fields), "guards")
     actions = ("force_open", "disable", "reset", "forget")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -186,30 +211,38 @@ class CircuitBreakerStateAdmin(admin.ModelAdmin):
     def opened(self, obj: CircuitBreakerState) -> str:
         return ago(obj.opened_at) if obj.state != "closed" else "—"
 
-    def _operate(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState], operation: str) -> None:
-        names = list(queryset.values_list("name", flat=True))
+    @admin.display(description="guards")
+    def guards(self, obj: CircuitBreakerState) -> str:
+        return guard_description(obj.name) or "—"
+
+    def _operate(
+        self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState], operation: str, done: str
+    ) -> None:
+        rows = list(queryset)
         try:
-            count = snapshots.operate(names, operation)
+            count = snapshots.operate([row.name for row in rows], operation)
         except Exception as exc:
             self.message_user(request, f"Could not {operation} (Redis: {type(exc).__name__})", messages.ERROR)
             return
+        for row in rows:  # a forgotten breaker's row is gone; its log entry keeps its name
+            self.log_change(request, row, f"{done} the breaker (last snapshot: {row.state})")
         self.message_user(request, f"{operation.replace('_', ' ')}: {count} breaker(s), effective on every host.")
 
-    @admin.action(description="Force open (reject every call)")
+    @admin.action(description="Force open (reject every call)", permissions=["change"])
     def force_open(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
-        self._operate(request, queryset, "force_open")
+        self._operate(request, queryset, "force_open", "Forced open")
 
-    @admin.action(description="Disable (let every call through)")
+    @admin.action(description="Disable (let every call through)", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
-        self._operate(request, queryset, "disable")
+        self._operate(request, queryset, "disable", "Disabled")
 
-    @admin.action(description="Reset (closed, empty window)")
+    @admin.action(description="Reset (closed, empty window)", permissions=["change"])
     def reset(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
-        self._operate(request, queryset, "reset")
+        self._operate(request, queryset, "reset", "Reset")
 
-    @admin.action(description="Forget (a breaker no longer used: delete its state and row)")
+    @admin.action(description="Forget (a breaker no longer used: delete its state and row)", permissions=["change"])
     def forget(self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState]) -> None:
-        self._operate(request, queryset, "forget")
+        self._operate(request, queryset, "forget", "Forgot")
 
 
 @admin.register(HealthTransition)
