@@ -25,12 +25,12 @@ def _docker() -> Any:
     try:
         import docker
 
-        client = docker.from_env(timeout=10)
+        client = docker.DockerClient(base_url=settings.DOCKER_URL, timeout=10)  # the engine healing uses
         client.ping()
         client.images.get(IMAGE)
         return client
     except Exception as exc:
-        require(False, f"needs a Docker engine with {IMAGE} (bash scripts/docker-engine.sh): {exc}")
+        require(False, f"needs a Docker engine with {IMAGE} at DOCKER_URL (bash scripts/docker-engine.sh): {exc}")
 
 
 @pytest.fixture
