@@ -46,11 +46,6 @@ def release(service: str, token: str) -> bool:
     return bool(client.eval(_RELEASE, 1, lock_key(service), token))
 
 
-def holder(service: str) -> str | None:
-    raw = _client(settings.REDIS_URL).get(lock_key(service))
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
 @contextmanager
 def service_lock(service: str, ttl_seconds: float | None = None) -> Iterator[str | None]:
     """``with service_lock("worker") as token:`` -- token is None when someone else holds it."""

@@ -91,7 +91,7 @@ class AutoScalingService:
                 with contextlib.suppress(Exception):  # the database may be what failed
                     self._record(failed, Outcome(0, False, error=redact(f"{type(exc).__name__}: {exc}")))
                 raise
-            event = self._execute(decision)
+            event = self.execute(decision)
             return {
                 "service": service,
                 "action": event.action,
@@ -137,12 +137,10 @@ class AutoScalingService:
         return ScalingDecision(service, policy.pk, decision, dry_run, trigger, "", gathered.cpu_by_container)
 
     # --- Execute ---------------------------------------------------------------------------
-    def execute_scaling(self, decision: ScalingDecision) -> bool:
-        """Act on ``decision`` and record it; True when everything it asked for happened."""
-        return self._execute(decision).success
+    def execute(self, decision: ScalingDecision) -> ScalingEvent:
+        """Act on ``decision`` and record it as an event.
 
-    def _execute(self, decision: ScalingDecision) -> ScalingEvent:
-        """1. A failed evaluation is recorded as such; nothing is done.
+        1. A failed evaluation is recorded as such; nothing is done.
         2. No change, or a dry run, is recorded; nothing is done.
         3. Otherwise re-read the owned instances (the engine is the truth) and start or
            stop instances towards the target (``scaling.actions``).
@@ -228,7 +226,7 @@ class AutoScalingService:
                 rule = str(Rule.MIN_INSTANCES if target > count else Rule.MAX_INSTANCES)
                 reason = f"{reason}; limited to [{policy.min_instances}, {policy.max_instances}]: {target}"
             decision = Decision(service, direction_between(current, target), current, target, target, rule, reason)
-            return self._execute(ScalingDecision(service, policy.pk, decision, dry_run or policy.dry_run, trigger))
+            return self.execute(ScalingDecision(service, policy.pk, decision, dry_run or policy.dry_run, trigger))
 
     # --- Reading ---------------------------------------------------------------------------
     def get_current_status(self) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import pytest
 
 from core.tick import run_tick
 from project.celery_app import app
-from scaling import locks
 from scaling.decisions import Rule, ScaleDirection
 from scaling.docker_backend import hostname_of
 from scaling.drain import worker_loads
@@ -33,6 +32,7 @@ from scaling.service import AutoScalingService
 from tests import test_scaling_docker
 from tests.conftest import ROOT, require, wait_for, worker_database_url
 from tests.test_scaling_docker import broker, last_event, owned, remove_service_containers
+from tests.test_scaling_locks import lock_holder
 
 pytestmark = [pytest.mark.docker, pytest.mark.worker]
 
@@ -104,7 +104,7 @@ def tick_and_wait_for_event(service: str, log: str) -> ScalingEvent:
     assert summary["metrics"]["scaling"]["scaling_dispatched"] == 1, summary
     wait_for(lambda: ScalingEvent.objects.filter(service=service).count() > before, timeout=60, message=log)
     # The event is written under the lock: let it go before the next tick.
-    wait_for(lambda: locks.holder(service) is None, timeout=10)
+    wait_for(lambda: lock_holder(service) is None, timeout=10)
     return last_event(service)
 
 

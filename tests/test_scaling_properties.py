@@ -151,7 +151,7 @@ def _tick(policy: ScalingPolicy, current: int, cpu: float) -> ScalingEvent:
     """One tick as a worker runs it: plan from the database, then record the event."""
     now = timezone.now()
     decision = plan(policy, current, {"cpu_percent": MetricReading.present(cpu, now)}, now)
-    AutoScalingService().execute_scaling(ScalingDecision(policy.service, policy.pk, decision, dry_run=True))
+    AutoScalingService().execute(ScalingDecision(policy.service, policy.pk, decision, dry_run=True))
     event = ScalingEvent.objects.filter(service=policy.service).first()
     assert event is not None
     return event
@@ -208,7 +208,7 @@ def test_a_dry_run_of_a_live_policy_does_not_delay_real_scaling(db):
     with freeze_time(NOW) as clock:
         now = timezone.now()
         decision = plan(policy, 2, {"cpu_percent": MetricReading.present(100, now)}, now)
-        AutoScalingService().execute_scaling(ScalingDecision("api", policy.pk, decision, dry_run=True))
+        AutoScalingService().execute(ScalingDecision("api", policy.pk, decision, dry_run=True))
         clock.tick(timedelta(seconds=5))
         now = timezone.now()
         again = plan(policy, 2, {"cpu_percent": MetricReading.present(100, now)}, now)

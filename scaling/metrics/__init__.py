@@ -29,27 +29,18 @@ class Gathered:
     cpu_by_container: dict[str, float] = field(default_factory=dict)
 
 
-def gather(
-    policy: ScalingPolicy,
-    containers: Sequence[docker_stats.StatsSource] | None,
-    now: datetime,
-    engine_error: str = "",
-) -> Gathered:
-    """Read every metric ``policy`` targets. ``containers`` is None when the engine is unreachable."""
+def gather(policy: ScalingPolicy, containers: Sequence[docker_stats.StatsSource], now: datetime) -> Gathered:
+    """Read every metric ``policy`` targets (only called once the engine listed ``containers``)."""
     targets = policy.targets()
     readings: dict[str, MetricReading] = {}
     cpu_by_container: dict[str, float] = {}
     if MetricName.CPU in targets or MetricName.MEMORY in targets:
-        if containers is None:
-            unreachable = MetricReading.missing(f"Docker engine unreachable: {engine_error}")
-            readings.update({name: unreachable for name in (MetricName.CPU, MetricName.MEMORY) if name in targets})
-        else:
-            usages = docker_stats.gather_usage(containers, settings.SCALING_STATS_WORKERS)
-            cpu_by_container = {u.container_id: u.cpu_percent for u in usages if u.cpu_percent is not None}
-            if MetricName.CPU in targets:
-                readings[MetricName.CPU] = docker_stats.average(usages, lambda u: u.cpu_percent, "CPU", now)
-            if MetricName.MEMORY in targets:
-                readings[MetricName.MEMORY] = docker_stats.average(usages, lambda u: u.memory_percent, "memory", now)
+        usages = docker_stats.gather_usage(containers, settings.SCALING_STATS_WORKERS)
+        cpu_by_container = {u.container_id: u.cpu_percent for u in usages if u.cpu_percent is not None}
+        if MetricName.CPU in targets:
+            readings[MetricName.CPU] = docker_stats.average(usages, lambda u: u.cpu_percent, "CPU", now)
+        if MetricName.MEMORY in targets:
+            readings[MetricName.MEMORY] = docker_stats.average(usages, lambda u: u.memory_percent, "memory", now)
     if MetricName.DB_CONNECTIONS in targets:
         readings[MetricName.DB_CONNECTIONS] = database.active_connections(connection, now)
     if MetricName.RESPONSE_TIME in targets:
