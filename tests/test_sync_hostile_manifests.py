@@ -276,3 +276,18 @@ def test_an_unexpected_parser_crash_fails_only_its_fabric_and_the_next_one_still
     assert (crash.sync_status, crash.lease_token) == (SyncStatus.ERROR, "")
     assert crash.last_error == "unexpected RecursionError: maximum recursion depth exceeded"
     assert (good.sync_status, good.resources.count()) == (SyncStatus.IN_SYNC, 2)
+
+
+@pytest.mark.django_db
+@pytest.mark.xfail(strict=True, reason="needs sync/sources/git.py to read tree paths with sync.manifests.decode_path")
+def test_two_manifests_whose_names_differ_only_in_bytes_that_are_not_utf8_fail_the_sync(git_repo):
+    repo = git_repo()
+    repo.write(os.fsdecode(b"manifests/leaf\xff.yaml"), manifest("Switch", "leaf1"))
+    repo.write(os.fsdecode(b"manifests/leaf\xfe.yaml"), manifest("Switch", "leaf2"))
+    repo.write(os.fsdecode(b"manifests/README\xff.md"), "not a manifest: ignored")
+    repo.commit()
+    fabric = make_fabric(repo.url)
+
+    # Decoded with replacement, both were "manifests/leaf\ufffd.yaml": one hid the other.
+    with pytest.raises(ManifestError, match=r"^manifests/leaf\\xf[ef]\.yaml: the file name is not valid UTF-8"):
+        sync_now(fabric)
