@@ -6,3 +6,7 @@ class CoreConfig(AppConfig):
 
     name = "core"
     verbose_name = "Platform core"
+
+    def ready(self) -> None:
+        # Registers the system checks of the credential keys.
+        from core import checks  # noqa: F401

@@ -218,6 +218,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Deployment settings of the features ------------------------------------------------
+# Fernet keys for stored credentials (core/credentials.py), comma-separated: the first
+# encrypts, all decrypt. Unset: one key derived from SECRET_KEY (check --deploy warns).
+CREDENTIALS_KEYS = env_list("CREDENTIALS_KEYS", "")
 # Where fabric Git caches live, and the folders local-path Git sources may come from.
 SYNC_GIT_CACHE_DIR = Path(env_str("SYNC_GIT_CACHE_DIR", str(VAR_DIR / "git-cache")))
 SYNC_ALLOWED_LOCAL_ROOTS = env_list("SYNC_ALLOWED_LOCAL_ROOTS", str(VAR_DIR / "repos"))
