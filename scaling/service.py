@@ -132,7 +132,7 @@ class AutoScalingService:
                 reason = str(exc)
                 decision = held(service, Rule.ENGINE_UNREACHABLE, f"{reason}; no action taken")
                 return ScalingDecision(service, policy.pk, decision, dry_run, trigger, reason)
-            gathered = metrics.gather(policy, containers, now)
+            gathered = metrics.gather(policy, backend.stats_sources(containers), now)
         decision = plan(policy, len(containers), gathered.readings, now)
         return ScalingDecision(service, policy.pk, decision, dry_run, trigger, "", gathered.cpu_by_container)
 
