@@ -6,7 +6,7 @@ from itertools import pairwise
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 
 @register()
@@ -30,3 +30,26 @@ def check_scaling_time_limits(app_configs: Any = None, **kwargs: Any) -> list[Ch
             )
         )
     return errors
+
+
+@register()
+def check_scaling_allowed_bind_roots(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Bind roots are host paths: a relative one means nothing, and / allows every host file."""
+    messages: list[CheckMessage] = []
+    for root in settings.SCALING_ALLOWED_BIND_ROOTS:
+        if not str(root).startswith("/"):
+            messages.append(
+                Error(
+                    f"SCALING_ALLOWED_BIND_ROOTS entry {root!r} is not an absolute path; it allows nothing.",
+                    id="scaling.E003",
+                )
+            )
+        elif str(root).rstrip("/") == "":
+            messages.append(
+                Warning(
+                    "SCALING_ALLOWED_BIND_ROOTS contains /: policies may bind-mount any host path, "
+                    "/etc included. List the directories they need instead.",
+                    id="scaling.W001",
+                )
+            )
+    return messages

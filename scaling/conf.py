@@ -5,7 +5,7 @@ database; these are the process-wide limits around them.
 """
 
 from core.conf import TICK_SECONDS
-from core.env import env_int
+from core.env import env_int, env_list
 
 # Stats calls take ~1 s each (the engine waits for a second CPU sample): run them in parallel.
 SCALING_STATS_WORKERS = 32
@@ -27,3 +27,13 @@ SCALING_TASK_TIME_LIMIT = SCALING_TASK_SOFT_TIME_LIMIT + 30
 SCALING_LOCK_SECONDS = SCALING_TASK_TIME_LIMIT + 30
 # Stabilisation rows older than this are pruned (the window itself is per policy).
 SCALING_RECOMMENDATION_RETENTION = 3600
+
+# Deployment settings, not tuning: what the operator of this deployment allows a
+# policy's container template to use, set from the environment per deployment and
+# enforced by scaling.validators. The defaults allow nothing that is root on the host.
+# Host paths (comma-separated, absolute) below which bind mounts are allowed; empty:
+# no bind mounts at all, only named volumes.
+SCALING_ALLOWED_BIND_ROOTS = env_list("SCALING_ALLOWED_BIND_ROOTS", "")
+# Networks a template may join besides Docker's default bridge and "none" (e.g.
+# "backend-net"; "host" or "container:<name>" only when listed here).
+SCALING_ALLOWED_NETWORKS = env_list("SCALING_ALLOWED_NETWORKS", "")

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import docker
 import requests
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 
@@ -34,7 +35,7 @@ from core.breaker_core import Outcome
 from core.clients import docker_client
 from core.guards import docker_engine
 from core.redaction import redact
-from scaling.validators import RESERVED_LABEL_PREFIX
+from scaling.validators import RESERVED_LABEL_PREFIX, validate_run_options
 
 logger = logging.getLogger(__name__)
 
@@ -228,9 +229,20 @@ class DockerBackend:
 
     # --- Acting --------------------------------------------------------------------------
     def start_instance(self, service: str, template: ContainerTemplate) -> StartResult:
-        """Create and start one instance from ``template``, labelled as ours."""
+        """Create and start one instance from ``template``, labelled as ours.
+
+        The options are checked once more right before the engine sees them
+        (``validate_run_options``): a policy saved around validation never starts a
+        container that is root on the host.
+        """
         name = f"fcp-{service}-{secrets.token_hex(4)}"
         options = run_options(service, name, template)
+        try:
+            validate_run_options(template.image, options)
+        except ValidationError as exc:
+            error = f"refused before starting: {' '.join(exc.messages)}"
+            logger.warning("not starting an instance of %s: %s", service, error)
+            return StartResult(False, name=name, error=error)
         try:
             container = self._create(template.image, options)
             self.call(container.start)

@@ -57,6 +57,21 @@ def _read_only_mounts() -> list[str]:
     return [f"{path}:{path}:ro" for path in sorted(kept)]
 
 
+def host_python_allowances() -> dict[str, str]:
+    """What the worker containers need and the deployment defaults refuse: the host
+    network and read-only bind mounts of the host's Python and this repository. The
+    tests allow exactly that, as an operator would, in the environment of every process
+    that validates or starts them."""
+    roots = [mount.split(":")[0] for mount in _read_only_mounts()]
+    return {"SCALING_ALLOWED_NETWORKS": "host", "SCALING_ALLOWED_BIND_ROOTS": ",".join(roots)}
+
+
+@pytest.fixture(autouse=True)
+def _allow_host_python(settings) -> None:
+    for name, value in host_python_allowances().items():
+        setattr(settings, name, value.split(","))
+
+
 def worker_policy(queue: str, settings) -> ScalingPolicy:
     """The data migration's ``worker`` policy, pointed at the test queue and the host Python."""
     fields = {
@@ -124,7 +139,9 @@ def e2e_queue(docker_client):
 def test_a_backlog_scales_real_celery_workers_up_and_down_after_the_stabilisation_window(
     worker_factory, docker_client, e2e_queue, settings
 ):
-    scaler = worker_factory(concurrency=1, SCALING_WORKER_SOFT_TIME_LIMIT="10", SCALING_DRAIN_POLL_SECONDS="0.2")
+    scaler = worker_factory(
+        concurrency=1, SCALING_WORKER_SOFT_TIME_LIMIT="10", SCALING_DRAIN_POLL_SECONDS="0.2", **host_python_allowances()
+    )
     policy = worker_policy(e2e_queue, settings)
     backlog = [app.send_task("celery.accumulate", args=[n], queue=e2e_queue) for n in range(12)]
 
