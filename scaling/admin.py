@@ -1,9 +1,11 @@
 """Admin for scaling: policies (editable, validated) and events (read-only, filterable).
 
 The policy changelist answers "how many instances does each service run, and why?"
-from one page: the current count (one engine call for the whole page), the limits,
-the targets, the cooldown and the last decision with its rule. The template's
-environment may hold secrets and is never shown in a list.
+from one page: the count the engine reported at the last evaluation and when, the
+limits, the targets, the cooldown and the last decision with its rule. The page never
+calls the Docker engine: it renders the same with the engine down, and its queries do
+not grow with the number of policies. The template's environment may hold secrets and
+is never shown in a list.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from django.utils import timezone
 
 from scaling.decisions import ScaleDirection
 from scaling.dispatch import publish_evaluations
-from scaling.docker_backend import DockerBackend, EngineUnreachable
 from scaling.models import TARGET_FIELDS, ScalingEvent, ScalingPolicy, ScalingTrigger
 
 
@@ -32,7 +33,8 @@ class ScalingPolicyAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "dry_run", "celery_worker"]
     search_fields = ["service", "image"]
     actions = ["evaluate_now_dry_run"]
-    readonly_fields = ["created_at", "updated_at"]
+    list_display = ["service", "enabled", "dry_run", "instances", "limits", "targets", "cooldown", "last_decision"]
+    readonly_fields = ["observed_instances", "observed_at", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["service", "enabled", "dry_run", ("min_instances", "max_instances")]}),
         (
@@ -58,7 +60,7 @@ class ScalingPolicyAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Record", {"fields": ["created_at", "updated_at"]}),
+        ("Record", {"fields": [("observed_instances", "observed_at"), "created_at", "updated_at"]}),
     ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ScalingPolicy]:
@@ -78,25 +80,12 @@ class ScalingPolicyAdmin(admin.ModelAdmin):
             )
         )
 
-    def get_list_display(self, request: HttpRequest) -> list[Any]:
-        counts, engine_error = _instance_counts()
-
-        @admin.display(description="instances")
-        def instances(policy: ScalingPolicy) -> str:
-            if engine_error:
-                return "engine unreachable"
-            return str(counts.get(policy.service, 0))
-
-        return [
-            "service",
-            "enabled",
-            "dry_run",
-            instances,
-            "limits",
-            "targets",
-            "cooldown",
-            "last_decision",
-        ]
+    @admin.display(description="instances (observed)", ordering="observed_instances")
+    def instances(self, policy: ScalingPolicy) -> str:
+        if policy.observed_instances is None or policy.observed_at is None:
+            return "not observed yet"
+        when = timezone.localtime(policy.observed_at).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{policy.observed_instances} at {when}"
 
     @admin.display(description="min-max")
     def limits(self, policy: ScalingPolicy) -> str:
@@ -137,15 +126,6 @@ class ScalingPolicyAdmin(admin.ModelAdmin):
             "the decisions appear under Scaling events.",
             messages.SUCCESS,
         )
-
-
-def _instance_counts() -> tuple[dict[str, int], str]:
-    try:
-        # A short timeout: a hung engine must not hang the admin page.
-        with DockerBackend(timeout=3) as backend:
-            return backend.count_by_service(), ""
-    except EngineUnreachable as exc:
-        return {}, str(exc)
 
 
 @admin.register(ScalingEvent)

@@ -8,6 +8,7 @@ reaches the same decision as any other.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -110,6 +111,12 @@ class ScalingPolicy(models.Model):
         default=10, help_text="Seconds between SIGTERM and SIGKILL (for workers: at least the task soft time limit)."
     )
 
+    # --- Written by evaluations only (``save(update_fields=...)``), read by the admin ---
+    observed_instances = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Owned running instances the engine reported at the last evaluation."
+    )
+    observed_at = models.DateTimeField(null=True, blank=True, help_text="When the engine last reported them.")
+
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -127,6 +134,12 @@ class ScalingPolicy(models.Model):
             for field, metric in TARGET_FIELDS.items()
             if (value := getattr(self, field)) is not None
         }
+
+    def observe(self, instances: int, at: datetime) -> None:
+        """Remember what the engine reported; only these two columns are written, so an
+        operator's concurrent edit of the policy is never overwritten."""
+        self.observed_instances, self.observed_at = instances, at
+        self.save(update_fields=["observed_instances", "observed_at"])
 
     def clean(self) -> None:
         errors: dict[str, list[str]] = {}

@@ -110,8 +110,9 @@ class AutoScalingService:
 
         1. Load the policy; an invalid one (edited around validation) becomes a held
            decision whose reason lists what is wrong.
-        2. Read the instance count from the engine, every time; an unreachable engine
-           reads as 0 instances with the reason, and nothing will be done.
+        2. Read the instance count from the engine, every time, and remember it on the
+           policy for the admin; an unreachable engine (or an open breaker) reads as 0
+           instances with the reason, and nothing will be done.
         3. Gather the metrics the policy targets (Docker stats concurrently).
         4. Decide with the stabilisation history and cooldown from the database, and
            record this recommendation (``scaling.planning.plan``).
@@ -132,6 +133,7 @@ class AutoScalingService:
                 reason = str(exc)
                 decision = held(service, Rule.ENGINE_UNREACHABLE, f"{reason}; no action taken")
                 return ScalingDecision(service, policy.pk, decision, dry_run, trigger, reason)
+            policy.observe(len(containers), now)
             gathered = metrics.gather(policy, backend.stats_sources(containers), now)
         decision = plan(policy, len(containers), gathered.readings, now)
         return ScalingDecision(service, policy.pk, decision, dry_run, trigger, "", gathered.cpu_by_container)
@@ -144,7 +146,8 @@ class AutoScalingService:
         2. No change, or a dry run, is recorded; nothing is done.
         3. Otherwise re-read the owned instances (the engine is the truth) and start or
            stop instances towards the target (``scaling.actions``).
-        4. Record the outcome: the count after acting, what started, stopped or failed.
+        4. Record the outcome: the count after acting, what started, stopped or failed,
+           and remember that count on the policy.
         """
         current = decision.decision.current
         if decision.error:
@@ -165,6 +168,7 @@ class AutoScalingService:
                     )
                 else:
                     outcome = Outcome(len(containers), True, details={"note": "already at target"})
+            policy.observe(outcome.to_instances, self.clock())
         except EngineUnreachable as exc:
             outcome = Outcome(current, False, error=f"{exc}; no action taken", rule=str(Rule.ENGINE_UNREACHABLE))
         except Exception as exc:
@@ -220,6 +224,7 @@ class AutoScalingService:
                     decision = held(service, Rule.ENGINE_UNREACHABLE, f"{exc}; no action taken")
                     failed = ScalingDecision(service, policy.pk, decision, dry_run, trigger, str(exc))
                     return self._record(failed, Outcome(0, False, error=str(exc)))
+            policy.observe(current, self.clock())
             target = min(max(count, policy.min_instances), policy.max_instances)
             rule, reason = str(Rule.MANUAL), f"operator asked for {count} instance(s)"
             if target != count:

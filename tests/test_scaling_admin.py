@@ -1,0 +1,124 @@
+"""The scaling admin: a changelist that never calls the engine."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from core.guards import docker_engine
+from scaling.models import ScalingEvent, ScalingPolicy
+from scaling.service import AutoScalingService
+from tests import test_scaling_docker
+from tests.test_scaling_docker import make_policy
+
+CHANGELIST = "/admin/scaling/scalingpolicy/"
+OBSERVED_AT = timezone.make_aware(datetime(2026, 3, 4, 5, 6, 7))
+
+docker_client = test_scaling_docker.docker_client
+service_name = test_scaling_docker.service_name
+
+
+def policy(service: str, **fields) -> ScalingPolicy:
+    return ScalingPolicy.objects.create(service=service, image="fcp-tiny:latest", target_cpu_percent=60.0, **fields)
+
+
+class SilentEngine:
+    """A socket that listens and never answers: any call would connect and then hang."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+
+    def connections(self) -> int:
+        count = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+
+
+@pytest.fixture
+def silent_engine(settings, tmp_path: Path) -> Iterator[SilentEngine]:
+    engine = SilentEngine(tmp_path / "docker.sock")
+    settings.DOCKER_URL = f"unix://{engine.path}"
+    settings.DOCKER_TIMEOUT = 2
+    yield engine
+    engine.sock.close()
+
+
+# --- The changelist ------------------------------------------------------------------------
+
+
+def test_the_changelist_shows_the_last_observed_counts_without_calling_the_engine(admin_client, silent_engine):
+    policy("payments", observed_instances=3, observed_at=OBSERVED_AT)
+    policy("search")  # never evaluated
+
+    page = admin_client.get(CHANGELIST).content.decode()
+
+    when = timezone.localtime(OBSERVED_AT).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"3 at {when}" in page
+    assert "not observed yet" in page
+    assert "Instances (observed)" in page
+    assert silent_engine.connections() == 0
+
+
+def test_the_changelist_costs_the_same_queries_for_1_and_20_policies(admin_client, silent_engine):
+    def queries_for_changelist() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(CHANGELIST).status_code == 200
+        return len(captured)
+
+    ScalingPolicy.objects.all().delete()  # the data migration's defaults
+    first = policy("svc-0", observed_instances=1, observed_at=OBSERVED_AT)
+    ScalingEvent.objects.create(
+        service=first.service, policy=first, action="up", from_instances=0, desired_instances=1, to_instances=1,
+        reason="r", rule="metric:cpu_percent",
+    )  # fmt: skip
+    one = queries_for_changelist()
+    for n in range(1, 20):
+        created = policy(f"svc-{n}", observed_instances=n, observed_at=OBSERVED_AT)
+        ScalingEvent.objects.create(
+            service=created.service, policy=created, action="none", from_instances=n, desired_instances=n,
+            to_instances=n, reason="r", rule="tolerance",
+        )  # fmt: skip
+    twenty = queries_for_changelist()
+
+    assert ScalingPolicy.objects.count() == 20
+    assert one == twenty
+    assert silent_engine.connections() == 0
+
+
+@pytest.mark.docker
+def test_an_evaluation_records_what_the_engine_reported_and_keeps_it_while_the_engine_is_down(
+    db, admin_client, docker_client, service_name, settings, tmp_path
+):
+    make_policy(service_name, min_instances=1)
+    AutoScalingService().run(service_name)  # starts one instance
+    seen = ScalingPolicy.objects.get(service=service_name)
+    updated_at = seen.updated_at
+
+    settings.DOCKER_URL = f"unix://{tmp_path}/gone.sock"
+    AutoScalingService().run(service_name)
+    docker_engine().forget()
+    page = admin_client.get(f"{CHANGELIST}?q={service_name}").content.decode()
+
+    after = ScalingPolicy.objects.get(service=service_name)
+    assert seen.observed_instances == 1
+    assert seen.observed_at is not None
+    assert (after.observed_instances, after.observed_at) == (1, seen.observed_at)  # the last thing actually seen
+    assert after.updated_at == updated_at  # the operator's "last edited" is not the machine's
+    assert f"1 at {timezone.localtime(seen.observed_at):%Y-%m-%d %H:%M:%S}" in page
+    assert "engine_unreachable FAILED" in page
