@@ -21,7 +21,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest
+from django.http import HttpRequest, QueryDict
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -114,15 +114,26 @@ def describe_next_due(fabric: Fabric, now: datetime) -> SafeString | str:
 
 
 class FabricForm(forms.ModelForm):
-    """Shows the Git URL with credentials masked and keeps the stored one when unchanged.
+    """The Git source: a URL without credentials, and the credential git sends with it.
 
-    An operator who edits other fields submits the masked URL back; that means
-    "keep what is stored". A new URL must be typed in full, credentials included.
+    Credentials live in ``git_credential`` (encrypted, write-only); the URL validator
+    refuses any URL that still carries one. A row stored before that rule is shown
+    masked, and submitting the masked URL back means "keep what is stored" (the
+    model validation then asks to move the credentials out).
     """
 
     class Meta:
         model = Fabric
-        fields = ["name", "description", "git_url", "git_branch", "git_path", "sync_interval", "sync_enabled"]
+        fields = [
+            "name",
+            "description",
+            "git_url",
+            "git_credential",
+            "git_branch",
+            "git_path",
+            "sync_interval",
+            "sync_enabled",
+        ]
         widgets = {
             "description": forms.Textarea(attrs={"rows": 3, "cols": 80}),
             "git_url": forms.TextInput(attrs={"size": 80}),
@@ -140,8 +151,17 @@ class FabricForm(forms.ModelForm):
         if stored and value == redact_url(stored):
             return stored
         if MASK in value:
-            raise ValidationError("Re-enter the credentials in full: the masked URL cannot be saved.")
+            raise ValidationError("Remove the masked credentials from the URL and choose a Git credential instead.")
         return value
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        if self.is_bound and "git_url" in self.errors:
+            # A refused URL is shown again masked: credentials never go back into a page.
+            key = self.add_prefix("git_url")
+            data = self.data.copy() if isinstance(self.data, QueryDict) else dict(self.data)
+            data[key] = redact_url(str(data.get(key, "")))
+            self.data = data
 
 
 class HealthFilter(admin.SimpleListFilter):
@@ -253,11 +273,12 @@ class FabricAdmin(admin.ModelAdmin):
         "source",
     ]
     list_filter = ["sync_status", "sync_enabled", HealthFilter]
-    search_fields = ["name", "git_url"]
+    # Only the name: a search on a field that could hold a secret lets a viewer guess it character by character.
+    search_fields = ["name"]
     readonly_fields = [*STATE_FIELDS, *LEASE_FIELDS]
     fieldsets = [
         (None, {"fields": ["name", "description"]}),
-        ("Git source", {"fields": ["git_url", "git_branch", "git_path"]}),
+        ("Git source", {"fields": ["git_url", "git_credential", "git_branch", "git_path"]}),
         ("Schedule", {"fields": ["sync_enabled", "sync_interval"]}),
         ("State (written by the system)", {"fields": STATE_FIELDS}),
         ("Lease", {"fields": LEASE_FIELDS, "classes": ["collapse"]}),
@@ -265,6 +286,16 @@ class FabricAdmin(admin.ModelAdmin):
     inlines = [SyncRunInline]
     actions = ["sync_now", "enable_sync", "disable_sync", "reset_failures"]
     list_per_page = 100
+
+    def get_fieldsets(self, request: HttpRequest, obj: Fabric | None = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # View-only staff: Django would render the stored URL as it is; show it redacted.
+        return [
+            (title, {**options, "fields": ["git_url_redacted" if f == "git_url" else f for f in options["fields"]]})
+            for title, options in fieldsets
+        ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Fabric]:
         first_failure = (
@@ -318,6 +349,10 @@ class FabricAdmin(admin.ModelAdmin):
     @admin.display(description="last error")
     def last_error_short(self, fabric: Fabric) -> SafeString | str:
         return truncated(fabric.last_error)
+
+    @admin.display(description="Git URL")
+    def git_url_redacted(self, fabric: Fabric) -> str:
+        return fabric.safe_git_url
 
     @admin.display(description="Git source")
     def source(self, fabric: Fabric) -> SafeString:

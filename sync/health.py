@@ -1,9 +1,9 @@
 """Sync's own health checks and heal action, registered from ``SyncConfig.ready()``.
 
 - ``sync_leases``: leases long past their expiry mean the tick's reaper is not running.
-- ``git``: one component per distinct Git URL of the enabled fabrics, probed with
-  ``git ls-remote`` through the sync's own git runner (same environment, timeout,
-  redaction and circuit breaker as a sync).
+- ``git``: one component per distinct Git URL (and Git credential) of the enabled
+  fabrics, probed with ``git ls-remote`` through the sync's own git runner (same
+  environment, credential, timeout, redaction and circuit breaker as a sync).
 - heal action ``release_expired_leases`` for ``sync_leases``: run the reaper now.
 """
 
@@ -15,8 +15,10 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from core.credentials import CredentialError, git_credential_env
 from core.heal import heal_action
 from core.health import ComponentType, HealthCheck, HealthCheckResult, HealthStatus, Report, health_check, register
+from core.models import Credential
 from core.redaction import redact
 from sync.errors import SyncError
 from sync.models import Fabric, SyncStatus
@@ -39,30 +41,40 @@ def check_sync_leases() -> Report:
 
 
 def _git_results() -> list[HealthCheckResult]:
-    """One component per distinct Git URL of the enabled fabrics (capped per sweep)."""
-    fabrics: dict[str, list[str]] = {}
-    for url, name in (
-        Fabric.objects.filter(sync_enabled=True).order_by("git_url", "name").values_list("git_url", "name")
+    """One component per distinct Git URL and credential of the enabled fabrics (capped per sweep)."""
+    sources: dict[tuple[str, int | None], list[str]] = {}
+    for url, credential_id, name in (
+        Fabric.objects.filter(sync_enabled=True)
+        .order_by("git_url", "git_credential_id", "name")
+        .values_list("git_url", "git_credential_id", "name")
     ):
-        if url in fabrics or len(fabrics) < settings.HEALTH_MAX_GIT_SOURCES:
-            fabrics.setdefault(url, []).append(name)
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(fabrics)))) as pool:
-        return list(pool.map(_probe_git, fabrics, fabrics.values()))
+        if (url, credential_id) in sources or len(sources) < settings.HEALTH_MAX_GIT_SOURCES:
+            sources.setdefault((url, credential_id), []).append(name)
+    credentials = Credential.objects.in_bulk({cid for _url, cid in sources if cid is not None})
+    probes = [(url, names, credentials.get(cid) if cid else None) for (url, cid), names in sources.items()]
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(probes)))) as pool:
+        return list(pool.map(lambda probe: _probe_git(*probe), probes))
 
 
-def _probe_git(url: str, fabric_names: list[str]) -> HealthCheckResult:
-    """``git ls-remote`` through the sync's own git runner (same env, timeout, redaction)."""
+def _probe_git(url: str, fabric_names: list[str], credential: Credential | None = None) -> HealthCheckResult:
+    """``git ls-remote`` through the sync's own git runner (same env, credential, timeout, redaction)."""
     started = timezone.now()
-    # The cache folder is never touched by ls-remote; the branch is irrelevant to it.
-    source = GitSource(url, "main", settings.SYNC_GIT_CACHE_DIR, settings.HEALTH_GIT_TIMEOUT)
     try:
+        # The cache folder is never touched by ls-remote; the branch is irrelevant to it.
+        source = GitSource(
+            url,
+            "main",
+            settings.SYNC_GIT_CACHE_DIR,
+            settings.HEALTH_GIT_TIMEOUT,
+            extra_env=git_credential_env(credential, url),
+        )
         source.check_reachable()
         status, message = H, "reachable"
-    except SyncError as exc:
+    except (SyncError, CredentialError) as exc:
         status, message = U, str(exc)
     latency = (timezone.now() - started).total_seconds() * 1000
     return HealthCheckResult(
-        component=f"git:{redact(url)}"[:200],
+        component=(f"git:{redact(url)}" + (f" ({credential.name})" if credential else ""))[:200],
         component_type=ComponentType.FABRIC_SOURCE,
         status=status,
         message=message[:500],

@@ -7,6 +7,7 @@ bulk updates cannot bypass a rule.
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -33,6 +34,15 @@ class Fabric(models.Model):
         max_length=500,
         validators=[validate_git_url],
         help_text="https://, ssh:// or user@host:path, or a local path below an allowed root.",
+    )
+    git_credential = models.ForeignKey(
+        "core.Credential",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="fabrics",
+        verbose_name="Git credential",
+        help_text="For https:// sources that need a token: sent by git as an HTTP header, never in the URL.",
     )
     git_branch = models.CharField(max_length=200, default="main", validators=[validate_git_branch])
     git_path = models.CharField(
@@ -79,6 +89,13 @@ class Fabric(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if self.git_credential_id is not None and not self.git_url.lower().startswith("https://"):
+            raise ValidationError(
+                {"git_credential": "A Git credential is sent over HTTPS only: use an https:// URL, or no credential."}
+            )
 
     @property
     def safe_git_url(self) -> str:

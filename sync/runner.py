@@ -19,6 +19,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core.credentials import CredentialError, git_credential_env
 from core.redaction import redact
 from sync.errors import PermanentSyncError, SyncError, TransientSyncError
 from sync.manifests import parse_manifests
@@ -121,6 +122,7 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
         fabric.git_branch,
         cache_dir_for(settings.SYNC_GIT_CACHE_DIR, fabric.id, fabric.git_url),
         settings.SYNC_GIT_TIMEOUT,
+        extra_env=_git_credential_env(fabric),
     )
     fingerprint = source_fingerprint(fabric.git_url, fabric.git_branch, fabric.git_path)
     commit = source.remote_commit()
@@ -144,6 +146,14 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
             _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.SUCCESS, clock)
     finished = run.finished_at or clock()
     return SyncResult(fabric.name, run.status, commit, counts.total, counts, _elapsed_ms(started, finished))
+
+
+def _git_credential_env(fabric: Fabric) -> dict[str, str]:
+    """The fabric's Git credential as git's environment; one that cannot be used fails the sync for good."""
+    try:
+        return git_credential_env(fabric.git_credential, fabric.git_url)
+    except CredentialError as exc:  # the message names the credential, never its secret
+        raise PermanentSyncError(str(exc)) from None
 
 
 def _commit_success(

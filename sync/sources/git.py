@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -72,11 +73,16 @@ def _git_env() -> dict[str, str]:
 
 
 class GitSource:
-    def __init__(self, url: str, branch: str, cache_dir: Path, timeout: int) -> None:
+    def __init__(
+        self, url: str, branch: str, cache_dir: Path, timeout: int, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.url = url
         self.branch = branch
         self.cache_dir = cache_dir
         self.timeout = timeout
+        # e.g. core.credentials.git_credential_env: credentials reach git through its
+        # environment, never its argument list (visible in ps) or the URL (echoed in errors).
+        self._extra_env = dict(extra_env or {})
 
     # -- running git ------------------------------------------------------------------
     def _git(self, *args: str, input_bytes: bytes | None = None, in_cache: bool = False) -> bytes:
@@ -90,7 +96,7 @@ class GitSource:
                 input=input_bytes,
                 capture_output=True,
                 timeout=self.timeout,
-                env=_git_env(),
+                env={**self._extra_env, **_git_env()},  # the hardening wins over any extra
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
