@@ -6,6 +6,9 @@ limits, the targets, the cooldown and the last decision with its rule. The page 
 calls the Docker engine: it renders the same with the engine down, and its queries do
 not grow with the number of policies. The template's environment may hold secrets and
 is never shown in a list.
+
+Actions that change state (queueing an evaluation records events and
+recommendations) need the change permission and leave a ``LogEntry`` per policy.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils import timezone
 
+from core.audit import audit
 from scaling.decisions import ScaleDirection
 from scaling.dispatch import publish_evaluations
 from scaling.models import TARGET_FIELDS, ScalingEvent, ScalingPolicy, ScalingTrigger
@@ -112,14 +116,16 @@ class ScalingPolicyAdmin(admin.ModelAdmin):
         when = timezone.localtime(policy.last_event_at).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[attr-defined]
         return f"{action} by {policy.last_rule}{failed} at {when}"  # type: ignore[attr-defined]
 
-    @admin.action(description="Evaluate now (dry run)")
+    @admin.action(description="Evaluate now (dry run)", permissions=["change"])
     def evaluate_now_dry_run(self, request: HttpRequest, queryset: QuerySet[ScalingPolicy]) -> None:
-        ids = list(queryset.values_list("id", flat=True))
+        # The plain rows, without the changelist's annotations.
+        selected = list(ScalingPolicy.objects.filter(pk__in=queryset.values("pk")).only("id", "service"))
         try:
-            count = publish_evaluations(ids, trigger=ScalingTrigger.ADMIN, force_dry_run=True)
+            count = publish_evaluations([p.pk for p in selected], trigger=ScalingTrigger.ADMIN, force_dry_run=True)
         except Exception as exc:
             self.message_user(request, f"Could not queue the evaluations: {exc}", messages.ERROR)
             return
+        audit(request, selected, "Evaluate now (dry run): evaluation queued")
         self.message_user(
             request,
             f"Queued a dry-run evaluation of {count} polic{'y' if count == 1 else 'ies'}; "

@@ -1,28 +1,43 @@
-"""The scaling admin: a changelist that never calls the engine."""
+"""The scaling admin: a changelist that never calls the engine, and audited, permission-checked actions."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from core.guards import docker_engine
 from scaling.models import ScalingEvent, ScalingPolicy
 from scaling.service import AutoScalingService
+from scaling.tasks import EVALUATE_TASK_NAME
 from tests import test_scaling_docker
-from tests.test_scaling_docker import make_policy
+from tests.test_scaling_docker import broker, make_policy
 
 CHANGELIST = "/admin/scaling/scalingpolicy/"
 OBSERVED_AT = timezone.make_aware(datetime(2026, 3, 4, 5, 6, 7))
 
 docker_client = test_scaling_docker.docker_client
 service_name = test_scaling_docker.service_name
+
+
+def staff_client(*codenames: str) -> Client:
+    user = get_user_model().objects.create_user(f"op-{'-'.join(codenames)}", password="x", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
 
 
 def policy(service: str, **fields) -> ScalingPolicy:
@@ -122,3 +137,68 @@ def test_an_evaluation_records_what_the_engine_reported_and_keeps_it_while_the_e
     assert after.updated_at == updated_at  # the operator's "last edited" is not the machine's
     assert f"1 at {timezone.localtime(seen.observed_at):%Y-%m-%d %H:%M:%S}" in page
     assert "engine_unreachable FAILED" in page
+
+
+# --- Actions: the change permission, and an audit entry per policy ----------------------------
+
+
+def published_evaluations(policy_id: int) -> list[Any]:
+    """The evaluation messages for ``policy_id`` waiting in the broker's default queue."""
+    found = []
+    for raw in broker().lrange("celery", 0, -1):
+        headers = json.loads(raw).get("headers") or {}
+        if headers.get("task") == EVALUATE_TASK_NAME and headers.get("argsrepr", "").startswith(f"({policy_id},"):
+            found.append(raw)
+    return found
+
+
+@pytest.fixture
+def evaluations() -> Iterator[list[int]]:
+    """Policy ids whose published evaluations are removed after the test (no worker runs them)."""
+    ids: list[int] = []
+    yield ids
+    for policy_id in ids:
+        for raw in published_evaluations(policy_id):
+            broker().lrem("celery", 0, raw)
+
+
+def evaluate_now(client: Client, *policies: ScalingPolicy):
+    return client.post(
+        CHANGELIST,
+        {"action": "evaluate_now_dry_run", "_selected_action": [p.pk for p in policies], "index": 0},
+        follow=True,
+    )
+
+
+def test_a_view_only_user_cannot_evaluate_now_and_nothing_is_queued_or_logged(db, evaluations):
+    target = policy("payments")
+    evaluations.append(target.pk)
+    client = staff_client("view_scalingpolicy")
+    listing = client.get(CHANGELIST)
+
+    evaluate_now(client, target)
+
+    assert listing.status_code == 200  # they can look
+    assert "evaluate_now_dry_run" not in listing.content.decode()  # and are not offered the action
+    assert published_evaluations(target.pk) == []
+    assert not ScalingEvent.objects.exists()
+    assert not LogEntry.objects.exists()
+
+
+def test_a_change_user_evaluates_now_and_leaves_an_audit_entry_per_policy(db, evaluations):
+    east, west = policy("east"), policy("west")
+    evaluations.extend([east.pk, west.pk])
+    client = staff_client("view_scalingpolicy", "change_scalingpolicy")
+
+    page = evaluate_now(client, east, west).content.decode()
+
+    assert "Queued a dry-run evaluation of 2 policies" in page
+    assert [len(published_evaluations(p.pk)) for p in (east, west)] == [1, 1]
+    entries = LogEntry.objects.order_by("object_repr").values_list(
+        "object_repr", "object_id", "content_type__model", "action_flag", "user__username", "change_message"
+    )
+    who, what = "op-view_scalingpolicy-change_scalingpolicy", "Evaluate now (dry run): evaluation queued"
+    assert list(entries) == [
+        ("east", str(east.pk), "scalingpolicy", CHANGE, who, what),
+        ("west", str(west.pk), "scalingpolicy", CHANGE, who, what),
+    ]
