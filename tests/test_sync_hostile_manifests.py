@@ -279,7 +279,6 @@ def test_an_unexpected_parser_crash_fails_only_its_fabric_and_the_next_one_still
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(strict=True, reason="needs sync/sources/git.py to read tree paths with sync.manifests.decode_path")
 def test_two_manifests_whose_names_differ_only_in_bytes_that_are_not_utf8_fail_the_sync(git_repo):
     repo = git_repo()
     repo.write(os.fsdecode(b"manifests/leaf\xff.yaml"), manifest("Switch", "leaf1"))

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from core.redaction import redact
 from sync.errors import PermanentSyncError, TransientSyncError
+from sync.manifests import decode_path
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 SYMLINK_MODE = "120000"
@@ -160,9 +161,9 @@ class GitSource:
                 continue
             meta, _, raw_path = entry.partition(b"\t")
             mode, obj_type, oid, size = meta.decode().split()
-            path = raw_path.decode("utf-8", "replace")
-            if not path.lower().endswith(MANIFEST_SUFFIXES):
+            if not raw_path.decode("utf-8", "surrogateescape").lower().endswith(MANIFEST_SUFFIXES):
                 continue
+            path = decode_path(raw_path)  # refuses a name that is not UTF-8, naming it
             if mode == SYMLINK_MODE:
                 raise PermanentSyncError(f"{path}: symbolic links are refused; commit the manifest itself")
             if obj_type != "blob":
