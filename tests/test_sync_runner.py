@@ -232,3 +232,37 @@ def test_time_travel_makes_a_synced_fabric_due_again(git_repo):
         assert not leases.due_fabrics(timezone.now()).filter(id=fabric.id).exists()
     with freeze_time("2026-11-21 12:05:00"):
         assert leases.due_fabrics(timezone.now()).filter(id=fabric.id).exists()
+
+
+def test_a_local_path_outside_the_allowed_roots_is_refused_at_sync_time_before_git_runs(
+    git_repo, settings, tmp_path, monkeypatch
+):
+    """The admin checked the path when it was saved; the allowed roots changed since."""
+    repo = git_repo()
+    repo.with_switches(1)
+    fabric = make_fabric(repo.url)
+    settings.SYNC_ALLOWED_LOCAL_ROOTS = [str(tmp_path / "elsewhere")]
+    git_calls: list[object] = []
+    monkeypatch.setattr("sync.sources.git.subprocess.run", lambda *args, **kwargs: git_calls.append(args))
+    with pytest.raises(PermanentSyncError, match=r"Git source refused: Local Git path .* is outside the allowed roots"):
+        sync_now(fabric, may_retry=True)
+    assert git_calls == []
+    fabric.refresh_from_db()
+    assert fabric.sync_status == SyncStatus.ERROR
+    assert fabric.consecutive_failures == 1
+    assert "SYNC_ALLOWED_LOCAL_ROOTS" in fabric.last_error
+    assert SyncRun.objects.get(fabric=fabric).status == RunStatus.FAILED
+
+
+def test_a_lock_left_by_a_git_killed_at_its_timeout_does_not_block_the_next_fetch(git_repo, settings):
+    """git killed mid-fetch (its timeout, a soft time limit) leaves shallow.lock behind."""
+    repo = git_repo()
+    repo.with_switches(1)
+    fabric = make_fabric(repo.url)
+    sync_now(fabric)
+    (cache,) = settings.SYNC_GIT_CACHE_DIR.glob(f"{fabric.id}-*")
+    (cache / "shallow.lock").write_text("")
+    (cache / "refs" / "fabric" / "main.lock").write_text("")
+    second = repo.with_switches(2)
+    result = sync_now(fabric)
+    assert (result.status, result.commit) == (RunStatus.SUCCESS, second)

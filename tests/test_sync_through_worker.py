@@ -173,14 +173,23 @@ def test_a_worker_killed_mid_sync_is_recovered_within_the_lease_and_never_overla
         assert earlier.finished_at <= later_run.started_at, "two syncs of one fabric overlapped"
 
 
-def test_a_transient_failure_retries_with_backoff_then_fails_truthfully(celery_worker):
+def test_a_transient_failure_retries_with_backoff_then_fails_truthfully(worker_factory, settings):
     """An unreachable remote: the worker retries (SYNC_MAX_RETRIES=3, backoff capped at 2 s
     for the test worker), keeps the lease meanwhile, then fails once and raises, so
     Celery's own task state is FAILURE."""
+    from cryptography.fernet import Fernet
+
+    from core.models import Credential
     from sync import leases
     from sync.tasks import sync_fabric
 
-    fabric = make_fabric("https://deploy:hunter2@127.0.0.1:9/acme/fabric.git")
+    key = Fernet.generate_key().decode()  # the worker must open the credential this process stores
+    settings.CREDENTIALS_KEYS = [key]
+    worker_factory(CREDENTIALS_KEYS=key)
+    credential = Credential(name="deploy", username="deploy")
+    credential.set_secret("hunter2")
+    credential.save()
+    fabric = make_fabric("https://127.0.0.1:9/acme/fabric.git", git_credential=credential)
     token = leases.claim_one(fabric.id, timezone.now())
     assert token is not None
     result = sync_fabric.apply_async((fabric.id, token, "manual"))

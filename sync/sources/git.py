@@ -9,6 +9,10 @@ that would leave the repository. Symlinked manifests are refused outright.
 Every git error is redacted (git echoes the remote URL, credentials included) and
 classified: missing branch, rejected credentials and unknown repositories are
 permanent; network trouble and timeouts are transient.
+
+Before git uses the URL, it passes ``sync.validators`` again: the admin form checked
+it when it was saved, but the allowed local roots (or the rules) may have changed
+since.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from django.core.exceptions import ValidationError
+
 from core.redaction import redact
 from sync.errors import PermanentSyncError, TransientSyncError
 from sync.manifests import decode_path
+from sync.validators import validate_git_url
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 SYMLINK_MODE = "120000"
@@ -112,19 +119,42 @@ class GitSource:
             raise TransientSyncError(message)
         return completed.stdout
 
+    def _check_source(self) -> None:
+        """The rules of ``sync.validators`` again, right before git uses the URL.
+
+        The admin checked the URL when it was saved; the allowed local roots (or the
+        rules) may have changed since, or the row was written another way.
+        """
+        try:
+            validate_git_url(self.url)
+            refused = ""
+        except ValidationError as exc:
+            refused = "; ".join(exc.messages)  # the validator redacts the URL it echoes
+        if refused:
+            raise PermanentSyncError(f"Git source refused: {refused}")
+
     def _ensure_cache(self) -> Path:
         if not (self.cache_dir / "HEAD").exists():
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self._git("init", "--quiet", "--bare", str(self.cache_dir))
         return self.cache_dir
 
+    def _remove_stale_locks(self) -> None:
+        """Delete lock files a killed git left in the cache (``shallow.lock`` after a
+        fetch hit its timeout), or every later fetch fails on them. Only the holder of
+        the fabric's lease uses its cache, so no live git holds them."""
+        for lock in [*self.cache_dir.glob("*.lock"), *(self.cache_dir / "refs").rglob("*.lock")]:
+            lock.unlink(missing_ok=True)
+
     # -- commits ----------------------------------------------------------------------
     def check_reachable(self) -> None:
         """Raise a ``SyncError`` (redacted, classified) unless the remote answers."""
+        self._check_source()
         self._git("ls-remote", "--heads", "--", transport_url(self.url))
 
     def remote_commit(self) -> str:
         """The branch's commit on the remote, without downloading objects."""
+        self._check_source()
         out = self._git("ls-remote", "--heads", "--", transport_url(self.url), f"refs/heads/{self.branch}")
         for line in out.decode().splitlines():
             sha, _, ref = line.partition("\t")
@@ -134,7 +164,9 @@ class GitSource:
 
     def fetch(self) -> str:
         """Fetch the branch tip (depth 1) into the cache; return its commit."""
+        self._check_source()
         self._ensure_cache()
+        self._remove_stale_locks()
         ref = f"refs/fabric/{self.branch}"
         self._git(
             "fetch", "--quiet", "--depth", "1", "--no-tags", "--force",
