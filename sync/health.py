@@ -22,9 +22,9 @@ from core.models import Credential
 from core.redaction import redact
 from sync.errors import SyncError
 from sync.models import Fabric, SyncStatus
-from sync.sources.git import GitSource
+from sync.sources.git import GitSource, RemoteUnavailable
 
-H, U = HealthStatus.HEALTHY, HealthStatus.UNHEALTHY
+H, D, U = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
 TIMEOUT = settings.HEALTH_CHECK_TIMEOUT
 
 
@@ -57,7 +57,12 @@ def _git_results() -> list[HealthCheckResult]:
 
 
 def _probe_git(url: str, fabric_names: list[str], credential: Credential | None = None) -> HealthCheckResult:
-    """``git ls-remote`` through the sync's own git runner (same env, credential, timeout, redaction)."""
+    """``git ls-remote`` through the sync's own git runner (same env, credential, timeout, redaction).
+
+    The runner's breaker too: while the remote host's breaker is open the probe says
+    so without calling the remote, UNHEALTHY (the remote kept failing) or, when an
+    operator forced it open, DEGRADED (that says nothing about the remote).
+    """
     started = timezone.now()
     try:
         # The cache folder is never touched by ls-remote; the branch is irrelevant to it.
@@ -70,6 +75,8 @@ def _probe_git(url: str, fabric_names: list[str], credential: Credential | None 
         )
         source.check_reachable()
         status, message = H, "reachable"
+    except RemoteUnavailable as exc:
+        status, message = D if exc.forced else U, str(exc)
     except (SyncError, CredentialError) as exc:
         status, message = U, str(exc)
     latency = (timezone.now() - started).total_seconds() * 1000

@@ -8,6 +8,7 @@ READ COMMITTED re-checks the WHERE clause of a row it waited for).
 Lifecycle::
 
     (due) --claim_due / claim_one--> QUEUED --begin--> SYNCING --finish--> IN_SYNC / ERROR / SUSPENDED
+                                       |                  +--release_skipped (breaker open)--> previous status
                                        |                  |
                         queue lease expired      lease expired (worker died)
                                        v                  v
@@ -167,6 +168,25 @@ def requeue_for_retry(fabric_id: int, token: str, now: datetime, countdown: floa
     return bool(
         Fabric.objects.filter(id=fabric_id, lease_token=token, sync_status=SyncStatus.SYNCING).update(
             sync_status=SyncStatus.QUEUED, lease_expires_at=until, lease_owner=""
+        )
+    )
+
+
+def release_skipped(fabric_id: int, token: str, next_sync_at: datetime, last_error: str) -> bool:
+    """Give back a claim whose sync was skipped (its remote's breaker rejected the call).
+
+    Not a failure: the status returns to what it was before the claim, the failure
+    count stays as it is, and the fabric is due again at ``next_sync_at``.
+    """
+    return bool(
+        Fabric.objects.filter(id=fabric_id, lease_token=token).update(
+            sync_status=_status_without_lease(),
+            last_error=last_error,
+            next_sync_at=next_sync_at,
+            lease_token="",
+            lease_expires_at=None,
+            lease_owner="",
+            lease_deliveries=0,
         )
     )
 

@@ -119,6 +119,7 @@ class RunStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     RETRYING = "retrying", "Failed, will retry"
     LOST = "lost", "Lost (worker died)"
+    SKIPPED = "skipped", "Skipped (remote unavailable)"
 
 
 class SyncRun(models.Model):

@@ -21,12 +21,13 @@ from django.utils import timezone
 
 from core.credentials import CredentialError, git_credential_env
 from core.redaction import redact
+from sync import leases
 from sync.errors import PermanentSyncError, SyncError, TransientSyncError
 from sync.manifests import parse_manifests
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
 from sync.resources import ResourceCounts, replace_resources
 from sync.scheduling import next_sync_after_failure, next_sync_after_success, should_suspend
-from sync.sources.git import GitSource, cache_dir_for, source_fingerprint
+from sync.sources.git import GitSource, RemoteUnavailable, cache_dir_for, source_fingerprint
 
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -83,7 +84,9 @@ def run_sync(
        the fabric IN_SYNC, but only if our lease token is still on it.
     On failure the run and the fabric record a redacted reason and the error is
     re-raised, so Celery's task state is truthful. A transient failure with
-    ``may_retry`` keeps the lease (QUEUED) for the caller's retry.
+    ``may_retry`` keeps the lease (QUEUED) for the caller's retry. When the remote's
+    breaker rejects the call, the run is SKIPPED (``record_skip``) and
+    ``RemoteUnavailable`` is raised: no failure is counted and no retry is due.
     """
     fabric = Fabric.objects.get(id=fabric_id)
     started = clock()
@@ -96,6 +99,9 @@ def run_sync(
         error: SyncError = TransientSyncError(f"sync exceeded its soft time limit of {settings.SYNC_SOFT_TIME_LIMIT} s")
         record_failure(fabric, token, run, error, will_retry=False, clock=clock)
         raise error from exc
+    except RemoteUnavailable as exc:
+        record_skip(fabric, token, run, exc, clock=clock)
+        raise
     except LeaseLost:
         _finish_run(run, RunStatus.LOST, clock(), error=LeaseLost("lease expired before the sync finished"))
         raise
@@ -197,6 +203,21 @@ def _finish_run(run: SyncRun, status: str, finished: datetime, error: Exception 
         run.error_class = type(error).__name__
         run.error_message = redact(str(error))
     run.save()
+
+
+def record_skip(fabric: Fabric, token: str, run: SyncRun, skipped: RemoteUnavailable, *, clock: Clock) -> None:
+    """Record a sync skipped because the remote's breaker rejected the call.
+
+    A truthful, visible outcome that is not a failure: the run is SKIPPED with the
+    reason, the fabric keeps its status and its failure count, says why in
+    ``last_error``, gives its lease back and is due again when the breaker admits
+    calls (``retry_at``), or after its interval if an operator holds the breaker open.
+    """
+    now = clock()
+    _finish_run(run, RunStatus.SKIPPED, now, skipped)
+    retry_at = skipped.retry_at or next_sync_after_success(now, fabric.sync_interval)
+    leases.release_skipped(fabric.id, token, max(retry_at, now), redact(str(skipped))[:2000])
+    logger.info("sync of fabric %s skipped: %s", fabric.name, skipped)
 
 
 def record_failure(

@@ -15,6 +15,7 @@ from sync.errors import PermanentSyncError, TransientSyncError
 from sync.models import Fabric
 from sync.runner import record_failure, run_sync
 from sync.scheduling import retry_countdown
+from sync.sources.git import RemoteUnavailable
 
 
 def _worker_name(task: Task) -> str:
@@ -42,7 +43,12 @@ def fan_out(fabric_ids: list[int], token: str, trigger: str = "schedule") -> int
     time_limit=settings.SYNC_HARD_TIME_LIMIT,
 )
 def sync_fabric(self: Task, fabric_id: int, token: str, trigger: str = "schedule") -> dict[str, Any]:
-    """Sync one fabric if ``token`` still holds its lease; raise on failure."""
+    """Sync one fabric if ``token`` still holds its lease; raise on failure.
+
+    A sync skipped because its remote's breaker is open is not a failure and is never
+    retried here: the runner recorded it and the fabric is due again when the breaker
+    admits calls.
+    """
     worker = _worker_name(self)
     begun = leases.begin(fabric_id, token, timezone.now(), worker)
     if begun.outcome is leases.BeginOutcome.SUPERSEDED:
@@ -62,6 +68,8 @@ def sync_fabric(self: Task, fabric_id: int, token: str, trigger: str = "schedule
         result = run_sync(
             fabric_id, token, trigger=trigger, worker=worker, attempt=self.request.retries + 1, may_retry=may_retry
         )
+    except RemoteUnavailable as exc:
+        return {"fabric_id": fabric_id, "skipped": str(exc)}
     except TransientSyncError as exc:
         if not may_retry:
             raise

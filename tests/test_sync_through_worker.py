@@ -12,6 +12,7 @@ from core.tick import TickSummary, run_tick
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
 from tests.conftest import wait_for
 from tests.factories import make_fabric
+from tests.test_sync_breakers import fresh_git_breakers  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.worker
 
@@ -173,6 +174,7 @@ def test_a_worker_killed_mid_sync_is_recovered_within_the_lease_and_never_overla
         assert earlier.finished_at <= later_run.started_at, "two syncs of one fabric overlapped"
 
 
+@pytest.mark.usefixtures("fresh_git_breakers")  # its 4 failures must not add up with earlier tests' on 127.0.0.1
 def test_a_transient_failure_retries_with_backoff_then_fails_truthfully(worker_factory, settings):
     """An unreachable remote: the worker retries (SYNC_MAX_RETRIES=3, backoff capped at 2 s
     for the test worker), keeps the lease meanwhile, then fails once and raises, so

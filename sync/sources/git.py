@@ -10,9 +10,11 @@ Every git error is redacted (git echoes the remote URL, credentials included) an
 classified: missing branch, rejected credentials and unknown repositories are
 permanent; network trouble and timeouts are transient.
 
-Before git uses the URL, it passes ``sync.validators`` again: the admin form checked
-it when it was saved, but the allowed local roots (or the rules) may have changed
-since.
+The calls that reach the remote (``ls-remote``, ``fetch``) pass the shared circuit
+breaker of the remote's host (``core.guards.git_remote``), after the URL has passed
+``sync.validators`` again: the admin form checked it when it was saved, but the
+allowed local roots (or the rules) may have changed since. Reads of the local cache
+(``ls-tree``, ``cat-file``) need no breaker.
 """
 
 from __future__ import annotations
@@ -23,13 +25,18 @@ import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from core import guards
+from core.breaker import CircuitBreaker, CircuitBreakerOpenError, Permit, default_config
+from core.breaker_core import BreakerConfig, State
 from core.redaction import redact
-from sync.errors import PermanentSyncError, TransientSyncError
+from sync.errors import PermanentSyncError, SyncError, TransientSyncError
 from sync.manifests import decode_path
 from sync.validators import validate_git_url
 
@@ -45,6 +52,35 @@ _PERMANENT_PATTERNS = re.compile(
     r"transport '.*' not allowed|invalid|returned error: 40[134]|does not exist in",
     re.IGNORECASE,
 )
+# "[user@]host:path", git's scp-like form
+_SCP_HOST = re.compile(r"^(?:[^@/]*@)?(?P<host>[^@/:]+):")
+
+
+class RemoteUnavailable(SyncError):
+    """The remote host's breaker rejected the call: git did not run, nothing was sent.
+
+    Neither transient nor permanent: the sync is skipped (no failure counted, no
+    retry) and comes back when the breaker admits calls again (``retry_at``).
+    """
+
+    def __init__(self, message: str, retry_at: datetime | None = None, forced: bool = False) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+        self.forced = forced  # an operator opened the breaker: it says nothing about the remote
+
+    @classmethod
+    def from_rejection(cls, rejection: CircuitBreakerOpenError) -> RemoteUnavailable:
+        state, retry_at = rejection.state, rejection.retry_at
+        until = retry_at.isoformat(timespec="seconds") if retry_at else ""
+        if state is State.FORCED_OPEN:
+            why = "breaker forced open by an operator"
+        elif state is State.HALF_OPEN and until:
+            why = f"breaker half-open, its trial calls are under way until {until}"
+        elif until:
+            why = f"breaker {state.value.replace('_', '-')} until {until}"
+        else:
+            why = f"breaker {state.value.replace('_', '-')}"
+        return cls(f"remote unavailable ({why})", retry_at, forced=state is State.FORCED_OPEN)
 
 
 @dataclass(frozen=True)
@@ -61,6 +97,36 @@ def transport_url(url: str) -> str:
 
 def source_fingerprint(url: str, branch: str, path: str) -> str:
     return hashlib.sha256(f"{url}\n{branch}\n{path}".encode()).hexdigest()
+
+
+def remote_host(url: str) -> str:
+    """The host whose breaker guards ``url``: "local" for local paths and file://."""
+    if url.startswith("/") or url.lower().startswith("file:"):
+        return "local"
+    host: str | None = None
+    if "://" in url:
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:  # a malformed URL: sync.validators refuses it before any call
+            host = None
+    elif match := _SCP_HOST.match(url):
+        host = match.group("host")
+    return (host or "unknown").lower()
+
+
+def _breaker_config() -> BreakerConfig:
+    """Only the remote's own failures count: ``TransientSyncError`` (no connection, a
+    timeout, a 5xx). A half-open trial's lease outlives the git call it admits, so a
+    hung remote gets no more trials than ``half_open_calls``."""
+    return default_config(
+        failure_exceptions=(TransientSyncError,),
+        trial_timeout=max(BreakerConfig.trial_timeout, float(settings.SYNC_GIT_TIMEOUT) + 5),
+    )
+
+
+def git_breaker(host: str) -> CircuitBreaker:
+    """The shared breaker of a Git remote host (see ``remote_host``)."""
+    return guards.git_remote(host, _breaker_config)
 
 
 def _git_env() -> dict[str, str]:
@@ -91,6 +157,7 @@ class GitSource:
         # e.g. core.credentials.git_credential_env: credentials reach git through its
         # environment, never its argument list (visible in ps) or the URL (echoed in errors).
         self._extra_env = dict(extra_env or {})
+        self.host = remote_host(url)
 
     # -- running git ------------------------------------------------------------------
     def _git(self, *args: str, input_bytes: bytes | None = None, in_cache: bool = False) -> bytes:
@@ -118,6 +185,30 @@ class GitSource:
                 raise PermanentSyncError(message)
             raise TransientSyncError(message)
         return completed.stdout
+
+    def _remote(self, *args: str, in_cache: bool = False) -> bytes:
+        """Run a git command that reaches the remote, through the host's shared breaker.
+
+        1. Ask the breaker of the remote host. A rejection raises ``RemoteUnavailable``
+           at once: git does not run and nothing is sent.
+        2. Run git. A transient failure (no connection, a timeout, a 5xx) counts
+           against the breaker. A permanent one (rejected credentials, a missing
+           repository) means the remote answered: it counts as a success. Anything
+           else (our own soft time limit) counts neither way.
+        """
+        permit = _admit(git_breaker(self.host))
+        if isinstance(permit, RemoteUnavailable):
+            raise permit
+        try:
+            out = self._git(*args, in_cache=in_cache)
+        except PermanentSyncError:
+            permit.finish()
+            raise
+        except BaseException as exc:
+            permit.finish(exc)
+            raise
+        permit.finish()
+        return out
 
     def _check_source(self) -> None:
         """The rules of ``sync.validators`` again, right before git uses the URL.
@@ -150,12 +241,12 @@ class GitSource:
     def check_reachable(self) -> None:
         """Raise a ``SyncError`` (redacted, classified) unless the remote answers."""
         self._check_source()
-        self._git("ls-remote", "--heads", "--", transport_url(self.url))
+        self._remote("ls-remote", "--heads", "--", transport_url(self.url))
 
     def remote_commit(self) -> str:
         """The branch's commit on the remote, without downloading objects."""
         self._check_source()
-        out = self._git("ls-remote", "--heads", "--", transport_url(self.url), f"refs/heads/{self.branch}")
+        out = self._remote("ls-remote", "--heads", "--", transport_url(self.url), f"refs/heads/{self.branch}")
         for line in out.decode().splitlines():
             sha, _, ref = line.partition("\t")
             if ref == f"refs/heads/{self.branch}":
@@ -168,7 +259,7 @@ class GitSource:
         self._ensure_cache()
         self._remove_stale_locks()
         ref = f"refs/fabric/{self.branch}"
-        self._git(
+        self._remote(
             "fetch", "--quiet", "--depth", "1", "--no-tags", "--force",
             "--", transport_url(self.url), f"+refs/heads/{self.branch}:{ref}",
             in_cache=True,
@@ -224,6 +315,13 @@ class GitSource:
             contents[file.path] = out[body_start : body_start + int(size)]
             position = body_start + int(size) + 1
         return contents
+
+
+def _admit(breaker: CircuitBreaker) -> Permit | RemoteUnavailable:
+    try:
+        return breaker.admit()
+    except CircuitBreakerOpenError as exc:
+        return RemoteUnavailable.from_rejection(exc)
 
 
 def cache_dir_for(root: Path, fabric_id: int, url: str) -> Path:
