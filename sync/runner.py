@@ -4,11 +4,16 @@ Plain functions, no Celery: the task in ``sync.tasks`` and the ``sync`` manageme
 command both call ``run_sync``. The caller decides about retries; this module
 records every attempt as a ``SyncRun`` and every outcome on the fabric, guarded by
 the lease token so a sync that lost its lease can never overwrite newer state.
+
+Errors leave here unchained (raised outside any ``except``): an original exception's
+text or traceback may hold a URL with credentials, and Celery logs and stores the
+whole chain.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,11 +99,7 @@ def run_sync(
         fabric=fabric, trigger=trigger, attempt=attempt, lease_token=token, worker=worker[:200], started_at=started
     )
     try:
-        result = _sync(fabric, token, run, started, clock)
-    except SoftTimeLimitExceeded as exc:
-        error: SyncError = TransientSyncError(f"sync exceeded its soft time limit of {settings.SYNC_SOFT_TIME_LIMIT} s")
-        record_failure(fabric, token, run, error, will_retry=False, clock=clock)
-        raise error from exc
+        return _sync(fabric, token, run, started, clock)
     except RemoteUnavailable as exc:
         record_skip(fabric, token, run, exc, clock=clock)
         raise
@@ -110,16 +111,20 @@ def run_sync(
             fabric, token, run, exc, will_retry=may_retry and isinstance(exc, TransientSyncError), clock=clock
         )
         raise
+    except SoftTimeLimitExceeded:
+        error: SyncError = TransientSyncError(f"sync exceeded its soft time limit of {settings.SYNC_SOFT_TIME_LIMIT} s")
+        will_retry = False
     except DatabaseError as exc:
-        transient = TransientSyncError(f"database error: {redact(str(exc))}")
-        record_failure(fabric, token, run, transient, will_retry=may_retry, clock=clock)
-        raise transient from exc
+        error = TransientSyncError(f"database error: {redact(str(exc))}")
+        will_retry = may_retry
     except Exception as exc:  # a bug or an unforeseen input: fail this fabric only, loudly
-        logger.exception("unexpected error syncing fabric %s", fabric.name)
-        permanent = PermanentSyncError(f"unexpected {type(exc).__name__}: {redact(str(exc))}")
-        record_failure(fabric, token, run, permanent, will_retry=False, clock=clock)
-        raise permanent from exc
-    return result
+        # The traceback redacted: the logging filter redacts messages, not tracebacks.
+        details = redact("".join(traceback.format_exception(exc)))
+        logger.error("unexpected error syncing fabric %s:\n%s", fabric.name, details)
+        error = PermanentSyncError(f"unexpected {type(exc).__name__}: {redact(str(exc))}")
+        will_retry = False
+    record_failure(fabric, token, run, error, will_retry=will_retry, clock=clock)
+    raise error  # outside the handlers: the original is neither its __cause__ nor its __context__
 
 
 def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Clock) -> SyncResult:

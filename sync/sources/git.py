@@ -8,7 +8,9 @@ that would leave the repository. Symlinked manifests are refused outright.
 
 Every git error is redacted (git echoes the remote URL, credentials included) and
 classified: missing branch, rejected credentials and unknown repositories are
-permanent; network trouble and timeouts are transient.
+permanent; network trouble and timeouts are transient. No error raised here chains
+another: ``subprocess.TimeoutExpired`` carries git's whole command line, and a chained
+exception ends up in Celery's logged and stored tracebacks.
 
 The calls that reach the remote (``ls-remote``, ``fetch``) pass the shared circuit
 breaker of the remote's host (``core.guards.git_remote``), after the URL has passed
@@ -159,25 +161,18 @@ class GitSource:
         self._extra_env = dict(extra_env or {})
         self.host = remote_host(url)
 
+    def __repr__(self) -> str:
+        return f"<GitSource {redact(self.url)} {self.branch}>"
+
     # -- running git ------------------------------------------------------------------
     def _git(self, *args: str, input_bytes: bytes | None = None, in_cache: bool = False) -> bytes:
         command = ["git", "-c", "protocol.file.allow=always", "-c", "core.symlinks=false"]
         if in_cache:
             command += ["--git-dir", str(self.cache_dir)]
         command += args
-        try:
-            completed = subprocess.run(
-                command,
-                input=input_bytes,
-                capture_output=True,
-                timeout=self.timeout,
-                env={**self._extra_env, **_git_env()},  # the hardening wins over any extra
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise TransientSyncError(f"git {args[0]} timed out after {self.timeout} s") from exc
-        except OSError as exc:
-            raise TransientSyncError(f"could not run git: {exc}") from exc
+        completed = self._run(command, args[0], input_bytes)
+        if isinstance(completed, SyncError):
+            raise completed  # raised here, outside any handler: it has no __context__
         if completed.returncode != 0:
             stderr = redact(completed.stderr.decode("utf-8", "replace").strip())
             message = f"git {args[0]} failed: {stderr or 'exit code ' + str(completed.returncode)}"
@@ -185,6 +180,29 @@ class GitSource:
                 raise PermanentSyncError(message)
             raise TransientSyncError(message)
         return completed.stdout
+
+    def _run(
+        self, command: list[str], name: str, input_bytes: bytes | None
+    ) -> subprocess.CompletedProcess[bytes] | SyncError:
+        """Run git; its timeout or a failure to start it comes back as an error to raise.
+
+        Returned, not raised: ``subprocess.TimeoutExpired`` carries the whole command
+        line (the URL, and any credentials in it), so it must never become the
+        ``__context__`` of the error the caller raises.
+        """
+        try:
+            return subprocess.run(
+                command,
+                input=input_bytes,
+                capture_output=True,
+                timeout=self.timeout,
+                env={**self._extra_env, **_git_env()},  # the hardening wins over any extra
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return TransientSyncError(f"git {name} timed out after {self.timeout} s")
+        except OSError as exc:
+            return TransientSyncError(f"could not run git: {exc.strerror or type(exc).__name__}")
 
     def _remote(self, *args: str, in_cache: bool = False) -> bytes:
         """Run a git command that reaches the remote, through the host's shared breaker.
@@ -273,8 +291,10 @@ class GitSource:
         if folder and folder != ".":
             try:
                 kind = self._git("cat-file", "-t", f"{commit}:{folder}", in_cache=True).decode().strip()
-            except PermanentSyncError as exc:
-                raise PermanentSyncError(f"folder '{folder}' not found at commit {commit[:10]}") from exc
+            except PermanentSyncError:
+                kind = ""  # raised below, unchained
+            if not kind:
+                raise PermanentSyncError(f"folder '{folder}' not found at commit {commit[:10]}")
             if kind != "tree":
                 raise PermanentSyncError(f"'{folder}' is not a folder at commit {commit[:10]} (it is a {kind})")
         listing = self._git("ls-tree", "-r", "-l", "-z", commit, "--", folder or ".", in_cache=True)
