@@ -144,6 +144,15 @@ def test_the_git_health_probe_uses_the_credential(https_git):
     assert "tok3n" not in unauthenticated.message
 
 
+def test_a_row_that_still_holds_credentials_in_its_url_is_refused_at_sync_time_without_echoing_them():
+    fabric = make_fabric("https://deploy:0ld-t0ken@127.0.0.1:9/acme/fabric.git")  # the ORM does not validate
+    with pytest.raises(PermanentSyncError, match="contains credentials") as caught:
+        sync_now(fabric)
+    fabric.refresh_from_db()
+    for text in (str(caught.value), fabric.last_error, SyncRun.objects.get(fabric=fabric).error_message):
+        assert "0ld-t0ken" not in text
+
+
 @pytest.mark.worker
 def test_a_real_worker_syncs_with_the_credential_and_never_logs_it(https_git, worker_factory, settings):
     _server, url = https_git
