@@ -24,8 +24,9 @@ from sync.scheduling import next_sync_after_failure, next_sync_after_success
 
 logger = logging.getLogger(__name__)
 
-# Editing any of these changes what a sync reads, so the fabric should sync soon.
-SOURCE_FIELDS = frozenset({"git_url", "git_branch", "git_path"})
+# Editing any of these changes what a sync reads (or whether it can read it at all:
+# a fixed credential), so the fabric should sync at the next tick.
+SOURCE_FIELDS = frozenset({"git_url", "git_branch", "git_path", "git_credential"})
 # Editing any of these changes when the fabric is next due.
 SCHEDULE_FIELDS = SOURCE_FIELDS | {"sync_interval"}
 # A fabric in one of these states holds a lease: its sync owns the state fields.
@@ -118,7 +119,7 @@ def rescheduled_next_sync(fabric: Fabric, changed: Iterable[str], now: datetime)
     """When a fabric whose settings an operator just changed should next sync.
 
     1. Nothing that affects scheduling changed: None (keep ``next_sync_at``).
-    2. The source (URL, branch or path) changed: now, so the new desired state is
+    2. The source (URL, branch, path or credential) changed: now, so the new desired state is
        read at the next tick rather than up to an interval later.
     3. Only the interval changed: recompute from the last outcome with the new
        interval: after a failure streak, the failure backoff from the last attempt;

@@ -297,6 +297,8 @@ def test_changing_the_branch_makes_the_fabric_due_now(db):
     now = timezone.now()
 
     assert operations.rescheduled_next_sync(fabric, ["git_branch"], now) == now
+    # A fixed credential too: a fabric failing on a rejected token should not wait out its backoff.
+    assert operations.rescheduled_next_sync(fabric, ["git_credential"], now) == now
     assert operations.rescheduled_next_sync(fabric, ["description"], now) is None
 
 
