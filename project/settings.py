@@ -230,7 +230,8 @@ DOCKER_URL = env_str("DOCKER_URL", env_str("DOCKER_HOST", "unix:///var/run/docke
 DOCKER_TIMEOUT = env_int("DOCKER_TIMEOUT", 10)
 # Docker checks run when an engine is configured; containers opt in with this label.
 HEALTH_DOCKER_ENABLED = env_bool(
-    "HEALTH_DOCKER_ENABLED", "DOCKER_HOST" in os.environ or Path("/var/run/docker.sock").exists()
+    "HEALTH_DOCKER_ENABLED",
+    not DOCKER_URL.startswith("unix://") or Path(DOCKER_URL.removeprefix("unix://")).exists(),
 )
 HEALTH_CONTAINER_LABEL = env_str("HEALTH_CONTAINER_LABEL", "fcp.health.managed")
 # Checks wait on I/O: point this at a queue served by a threads-pool worker
