@@ -270,8 +270,6 @@ class CircuitBreaker:
 
         return guarded_local
 
-        return guarded
-
     def __enter__(self) -> Permit:
         permit = self.admit()
         self._tls.__dict__.setdefault("stack", []).append(permit)

@@ -54,6 +54,7 @@ RUN_COLOURS: dict[str, str] = {
     RunStatus.FAILED: "#b91c1c",
     RunStatus.RETRYING: "#b45309",
     RunStatus.LOST: "#b91c1c",
+    RunStatus.SKIPPED: "#b45309",
 }
 DASH = "—"
 

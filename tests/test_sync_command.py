@@ -154,3 +154,25 @@ def test_the_process_exits_non_zero_when_a_sync_fails(transactional_db, broken_f
     assert good.returncode == 0, good.stderr
     assert bad.returncode == 1
     assert "1 of 1 syncs failed: broken" in bad.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fabric_whose_remote_breaker_is_open_is_reported_skipped_and_counts_no_failure(good_fabric):
+    from core import guards
+
+    fabric, _ = good_fabric("behind-open-breaker")
+    breaker = guards.git_remote("local")
+    breaker.force_open()
+    try:
+        out, error = failing_sync("behind-open-breaker")
+    finally:
+        breaker.forget()
+
+    row = table_row(out, "behind-open-breaker")
+    assert row[1] == "skipped"
+    assert "remote unavailable" in out
+    assert error == "1 of 1 syncs failed: behind-open-breaker"  # the table says why: skipped
+    fabric.refresh_from_db()
+    assert fabric.consecutive_failures == 0
+    assert fabric.lease_token == ""
+    assert SyncRun.objects.get(fabric=fabric).status == RunStatus.SKIPPED

@@ -29,10 +29,12 @@ from sync import leases
 from sync.errors import SyncError
 from sync.models import Fabric, SyncTrigger
 from sync.runner import run_sync
+from sync.sources.git import RemoteUnavailable
 
 BUSY = "busy"
 FAILED = "failed"
-STATUS_STYLES = {"success": "green", "unchanged": "green", FAILED: "bold red", BUSY: "yellow"}
+SKIPPED = "skipped"
+STATUS_STYLES = {"success": "green", "unchanged": "green", FAILED: "bold red", BUSY: "yellow", SKIPPED: "yellow"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,9 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        return self.status not in (FAILED, BUSY)
+        # A skip (the remote's breaker is open) is not a success either: the exit
+        # status tells scripts that the fabric was not synced.
+        return self.status not in (FAILED, BUSY, SKIPPED)
 
 
 def sync_one(fabric: Fabric, worker: str) -> Row:
@@ -69,6 +73,8 @@ def sync_one(fabric: Fabric, worker: str) -> Row:
             leases.release([fabric.id], token)
             return Row(fabric.name, BUSY, detail=f"lease {begun.outcome.value}")
         result = run_sync(fabric.id, token, trigger=SyncTrigger.MANUAL.value, worker=worker)
+    except RemoteUnavailable as exc:  # the remote's breaker is open: not the fabric's failure
+        return Row(fabric.name, SKIPPED, duration_ms=_ms_since(started), detail=str(exc))
     except SyncError as exc:
         return Row(fabric.name, FAILED, duration_ms=_ms_since(started), detail=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # e.g. the database went away: report it, go on with the rest
