@@ -2,30 +2,40 @@
 
 One logical call (``ResilientClient.request``):
 
-1. Asks the target host's shared breaker (``rpc:<host>``) for a permit. A rejected
-   call raises ``CircuitBreakerOpenError`` at once: it is never retried, and nothing
-   is sent.
+1. Asks the target host's shared breaker (``<breaker_prefix>:<host:port>``, ``rpc:``
+   unless the caller names another, e.g. ``k8s:``) for a permit. A rejected call
+   raises ``CircuitBreakerOpenError`` at once: it is never retried, and nothing is sent.
 2. Makes up to ``max_attempts`` attempts, each with a timeout of at most the per-call
    timeout and never past the overall deadline. Between attempts it sleeps with full
    jitter (uniform in [0, min(max, base * 2^n)]); tenacity's ``stop_before_delay``
    gives up rather than start an attempt after the deadline.
 3. Retries only what is safe: connection failures for every method (nothing was
-   sent), plus timeouts and 502/503/504 answers for idempotent methods.
+   sent), plus timeouts and 502/503/504 answers for idempotent methods (or calls the
+   caller declares idempotent, e.g. a server-side apply). A TLS handshake that fails
+   verification is never retried: the server answered and will answer the same.
 4. Reports once to the breaker: success, or failure when the last attempt failed or
-   the server answered 5xx. Four retries of one call are one failure, not five.
-5. Records the call's latency (all attempts and sleeps) for p50/p95/p99 and calls/s.
-   These metrics are this process's view, for dashboards; no decision reads them.
+   the server answered 5xx. Four retries of one call are one failure, not five. A
+   failed TLS verification counts as a success: the host is up, and one caller's wrong
+   CA bundle must not open the breaker every other caller of that host shares.
+5. Records the call's latency (all attempts and sleeps) for p50/p95/p99 and calls/s;
+   for a streamed call, up to its response headers (a watch's body lasts as long as
+   the server holds it open). These metrics are this process's view, for dashboards;
+   no decision reads them.
+
+``request`` reads the whole body; ``stream`` hands the open response to a reader
+function inside the attempt (a fresh call of it per attempt), for long-lived bodies.
 """
 
 from __future__ import annotations
 
 import math
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_random_exponential
@@ -33,6 +43,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_befo
 from core.breaker import CircuitBreaker
 from core.breaker_core import BreakerConfig
 
+T = TypeVar("T")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -45,6 +56,19 @@ class RetryableStatus(Exception):
 
 class DeadlineExceeded(httpx.TimeoutException):
     """The overall deadline of a logical call passed before another attempt could start."""
+
+
+def tls_rejection(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a failed connection (a certificate we refuse, a handshake the
+    server refused), or None when the connection failed another way."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -98,6 +122,9 @@ class ResilientClient:
         shared_breakers: bool = True,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        breaker_prefix: str = "rpc",
+        verify: ssl.SSLContext | bool = True,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.timeout = timeout if timeout is not None else 5.0
         self.deadline = deadline if deadline is not None else 15.0
@@ -106,8 +133,11 @@ class ResilientClient:
         self.backoff_max = backoff_max if backoff_max is not None else 5.0
         self.breaker_config = breaker_config
         self.shared_breakers = shared_breakers
+        self.breaker_prefix = breaker_prefix
         self._sleep = sleep
-        self._http = httpx.Client(transport=transport, follow_redirects=False)
+        # verify: an ssl.SSLContext (e.g. one trusting only a cluster's CA bundle) or a bool.
+        # headers: defaults for every call; never a credential, which goes per call.
+        self._http = httpx.Client(transport=transport, follow_redirects=False, verify=verify, headers=headers)
         self._breakers: dict[str, CircuitBreaker] = {}  # handles only; their state is in Redis
         self._stats: dict[str, LatencyStats] = {}
         self._lock = threading.Lock()
@@ -130,7 +160,7 @@ class ResilientClient:
         with self._lock:
             if target not in self._breakers:
                 self._breakers[target] = CircuitBreaker(
-                    f"rpc:{target}", self.breaker_config, shared=self.shared_breakers
+                    f"{self.breaker_prefix}:{target}", self.breaker_config, shared=self.shared_breakers
                 )
                 self._stats[target] = LatencyStats()
             return self._breakers[target]
@@ -140,11 +170,12 @@ class ResilientClient:
             stats = self._stats.get(target)
         return stats.summary() if stats else LatencySummary(0, 0.0, 0.0, 0.0, 0.0)
 
-    def _retryable(self, method: str) -> Callable[[BaseException], bool]:
-        idempotent = method.upper() in IDEMPOTENT
+    def _retryable(self, method: str, idempotent: bool | None) -> Callable[[BaseException], bool]:
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT
 
         def decide(exc: BaseException) -> bool:
-            if isinstance(exc, DeadlineExceeded):
+            if isinstance(exc, DeadlineExceeded) or tls_rejection(exc) is not None:
                 return False
             if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
                 return True  # the request never left: safe for any method
@@ -152,41 +183,105 @@ class ResilientClient:
 
         return decide
 
-    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One logical call (steps 1-5 of the module docstring)."""
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One logical call (steps 1-5 of the module docstring); the body is read.
+
+        ``timeout`` / ``deadline`` override the client's for this call; ``idempotent``
+        overrides the method's default (``IDEMPOTENT``) for retrying after a timeout.
+        """
+
+        def send(attempt_timeout: float) -> tuple[httpx.Response, None, float | None]:
+            return self._http.request(method, url, timeout=attempt_timeout, **kwargs), None, None
+
+        return self._call(method, url, send, timeout, deadline, idempotent)[0]
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        read: Callable[[httpx.Response], T],
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
+    ) -> tuple[httpx.Response, T]:
+        """One logical call whose open response goes to ``read`` (called once per attempt
+        that got an answer other than 502/503/504); returns the response and what the
+        last ``read`` returned. ``read`` may consume the body or not; it is closed after."""
+
+        def send(attempt_timeout: float) -> tuple[httpx.Response, T | None, float | None]:
+            started = time.monotonic()
+            with self._http.stream(method, url, timeout=attempt_timeout, **kwargs) as response:
+                headers_after = time.monotonic() - started
+                if response.status_code in RETRY_STATUSES:
+                    response.read()
+                    return response, None, headers_after
+                return response, read(response), headers_after
+
+        response, value = self._call(method, url, send, timeout, deadline, idempotent)
+        return response, value  # type: ignore[return-value]  # None only with a 5xx, which read never saw
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        send: Callable[[float], tuple[httpx.Response, T | None, float | None]],
+        timeout: float | None,
+        deadline: float | None,
+        idempotent: bool | None,
+    ) -> tuple[httpx.Response, T | None]:
         target = self.target(url)
         breaker = self.breaker_for(target)
         permit = breaker.admit()  # step 1: raises CircuitBreakerOpenError, never retried
+        per_attempt = timeout if timeout is not None else self.timeout
+        overall = deadline if deadline is not None else max(self.deadline, per_attempt)
         started = time.monotonic()
-        deadline_at = started + self.deadline
+        deadline_at = started + overall
         retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline),
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(overall),
             wait=wait_random_exponential(multiplier=self.backoff_base, max=self.backoff_max),
-            retry=retry_if_exception(self._retryable(method)),
+            retry=retry_if_exception(self._retryable(method, idempotent)),
             sleep=self._sleep,
             reraise=True,
         )
         response: httpx.Response | None = None
+        value: T | None = None
+        latency: float | None = None  # seconds, when the call measured its own (a stream)
         try:
             for attempt in retrying:
                 with attempt:
                     remaining = deadline_at - time.monotonic()
                     if remaining <= 0:
-                        raise DeadlineExceeded(f"deadline of {self.deadline:g} s passed")
-                    response = self._http.request(method, url, timeout=min(self.timeout, remaining), **kwargs)
+                        raise DeadlineExceeded(f"deadline of {overall:g} s passed")
+                    attempt_started = time.monotonic()
+                    response, value, headers_after = send(min(per_attempt, remaining))
+                    if headers_after is not None:
+                        latency = attempt_started - started + headers_after
                     if response.status_code in RETRY_STATUSES:
                         raise RetryableStatus(response)
         except RetryableStatus as exc:
             permit.finish(exc)  # step 4: the dependency is failing; hand back its last answer
-            return exc.response
+            return exc.response, None
         except BaseException as exc:
-            permit.finish(exc)
+            # A certificate we refused: the host answered (step 4).
+            permit.finish(None if tls_rejection(exc) is not None else exc)
             raise
         finally:
-            self._stats[target].record((time.monotonic() - started) * 1000)
+            elapsed = latency if latency is not None else time.monotonic() - started
+            self._stats[target].record(elapsed * 1000)
         assert response is not None
         permit.finish(RetryableStatus(response) if response.status_code >= 500 else None)
-        return response
+        return response, value
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)
