@@ -107,7 +107,7 @@ def test_an_operator_syncs_the_demo_fabric_from_the_admin_and_sees_it_in_sync(
         resources = row.locator("td.field-resource_count").inner_text()
 
     assert "In sync" in status, celery_worker.log()
-    assert resources == "12"
+    assert resources == "18"  # the demo manifests' objects (sync/demo_manifests/README.md)
     bootstrapped.refresh_from_db()
     assert bootstrapped.sync_status == SyncStatus.IN_SYNC
     assert bootstrapped.runs.get().trigger == "manual"
