@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.gitrepo import GitRepo
+from tests.kube import kube_cluster, kube_namespace  # noqa: F401  (fixtures: a real kube-apiserver)
 from tests.pgcluster import postgres_cluster  # noqa: F401  (a fixture, offered to every test)
 
 ROOT = Path(__file__).resolve().parent.parent
