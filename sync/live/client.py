@@ -403,7 +403,7 @@ class KubeClient:
         resource_version: str,
         *,
         timeout_seconds: int = 5,
-        idle_seconds: float = 0.3,
+        idle_seconds: float = 0.05,
     ) -> WatchResult:
         """The changes since ``resource_version``: WATCH, read until the stream is quiet.
 
@@ -411,9 +411,10 @@ class KubeClient:
            the server sends every change since RV at once, then new ones as they come,
            and closes after T seconds.
         2. After the response headers, waits at most ``idle_seconds`` for each next
-           line: a quiet stream means we have caught up, so an unchanged cluster costs
-           about ``idle_seconds``, not T. An event still in flight when we stop is not
-           lost: the next watch starts from the last one we saw.
+           line: a quiet stream means we have caught up, so an unchanged collection costs
+           about ``idle_seconds``, not T. The server writes the changes since RV right
+           after the headers (within milliseconds here), and an event still in flight
+           when we stop is not lost: the next watch starts from the last one we saw.
         3. A 410 (an HTTP answer or an ``ERROR`` event with code 410) raises ``Gone``:
            RV was compacted away, and the caller relists. Other ``ERROR`` events raise
            a transient error.
