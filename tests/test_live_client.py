@@ -216,6 +216,7 @@ def test_a_wrong_ca_is_a_permanent_readable_error_that_does_not_open_the_breaker
     assert "check the cluster's CA bundle" in str(raised.value)
     assert raised.value.__context__ is None
     assert_no_token(kube_cluster.admin_token, *error_texts(raised.value), caplog.text)
+    assert client.breaker.name == kube.breaker.name == f"k8s:127.0.0.1:{kube_cluster.port}"
     metrics = kube.breaker.metrics
     assert (metrics.state, metrics.failed_calls) == (State.CLOSED, 0)
     client.close()

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import httpx
 
-from core.breaker import CircuitBreakerOpenError
+from core.breaker import CircuitBreaker, CircuitBreakerOpenError
 from core.breaker_core import BreakerConfig, State
 from core.credentials import Secret
 from core.rpc import LatencySummary, ResilientClient, tls_rejection
@@ -225,7 +225,7 @@ class KubeClient:
         self.breaker_name = f"k8s:{self.target}"
 
     def __repr__(self) -> str:
-        return f"KubeClient({self.server!r})"
+        return f"KubeClient({getattr(self, 'server', '?')!r})"
 
     def close(self) -> None:
         self._rpc.close()
@@ -241,7 +241,8 @@ class KubeClient:
         return self._rpc.stats(self.target)
 
     @property
-    def breaker(self) -> Any:
+    def breaker(self) -> CircuitBreaker:
+        """This cluster's shared breaker (``k8s:<host:port>``), e.g. for its metrics."""
         return self._rpc.breaker_for(self.target)
 
     # -- paths ------------------------------------------------------------------------------
