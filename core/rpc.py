@@ -58,14 +58,19 @@ class DeadlineExceeded(httpx.TimeoutException):
     """The overall deadline of a logical call passed before another attempt could start."""
 
 
+# TLS errors that are the network's, not a refusal: the connection dropped mid-handshake.
+_TLS_NETWORK_ERRORS = (ssl.SSLEOFError, ssl.SSLSyscallError, ssl.SSLZeroReturnError, ssl.SSLWantReadError)
+
+
 def tls_rejection(exc: BaseException) -> ssl.SSLError | None:
     """The TLS error behind a failed connection (a certificate we refuse, a handshake the
-    server refused), or None when the connection failed another way."""
+    server refused), or None when the connection failed another way (including a
+    connection dropped mid-handshake)."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, ssl.SSLError):
-            return cause
+            return None if isinstance(cause, _TLS_NETWORK_ERRORS) else cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return None
