@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from core.breaker_core import State
@@ -20,6 +21,7 @@ from sync.live.client import (
     KubeConflict,
     KubeError,
     KubeForbidden,
+    KubeInvalid,
     KubeNotFound,
     KubePermanentError,
     KubeTLSError,
@@ -423,3 +425,92 @@ def test_the_demo_fabric_applied_as_is_has_no_drift_despite_server_defaults_and_
 def test_every_error_is_a_kube_error() -> None:
     for cls in (KubeTransientError, KubePermanentError, Gone, ClusterUnavailable, KubeTLSError, KubeForbidden):
         assert issubclass(cls, KubeError)
+
+
+# --- classification of answers (a scripted transport; the cluster tests above cover real ones) ---------------
+
+
+def scripted(*answers: tuple[int, Any]) -> tuple[KubeClient, list[httpx.Request]]:
+    """A client whose calls get ``answers`` in turn (the last repeats); it records the requests."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, body = answers[min(len(seen), len(answers) - 1)]
+        seen.append(request)
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.Response(status, content=content)
+
+    client = KubeClient(
+        "https://cluster.example:6443",
+        token="scripted-token-0123456789",
+        transport=httpx.MockTransport(handler),
+        shared_breakers=False,
+        backoff_base=0.001,
+        sleep=lambda _: None,
+    )
+    return client, seen
+
+
+def status(code: int, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code}
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (400, KubeInvalid),
+        (401, KubeUnauthorized),
+        (403, KubeForbidden),
+        (404, KubeNotFound),
+        (409, KubeConflict),
+        (410, Gone),
+        (422, KubeInvalid),
+        (429, KubeTransientError),
+        (500, KubeTransientError),
+        (503, KubeTransientError),
+    ],
+)
+def test_each_answer_status_is_classified(code: int, error: type[KubeError]) -> None:
+    client, _ = scripted((code, status(code, "the server's words")))
+    with pytest.raises(error) as raised:
+        client.version()
+    assert raised.value.status == code
+    assert "scripted-token" not in str(raised.value)
+
+
+def test_a_503_is_retried_within_the_deadline_and_then_transient() -> None:
+    client, seen = scripted((503, status(503, "busy")), (200, {"gitVersion": "v1.20.2"}))
+    assert client.version()["gitVersion"] == "v1.20.2"
+    assert len(seen) == 2
+    assert all(r.headers["Authorization"] == "Bearer scripted-token-0123456789" for r in seen)
+    assert all(r.headers["User-Agent"] == "fabric-control-plane" for r in seen)
+
+
+def test_a_watch_error_event_other_than_410_is_transient() -> None:
+    event = {"type": "ERROR", "object": status(500, "etcd is unhappy")}
+    client, _ = scripted((200, json.dumps(event).encode() + b"\n"))
+    with pytest.raises(KubeTransientError, match="etcd is unhappy"):
+        client.watch_changes(VPC_GROUP, V, "vpcs", "fab", "10")
+
+
+def test_a_list_whose_continuation_expired_starts_over_once() -> None:
+    page1 = {"metadata": {"resourceVersion": "5", "continue": "c1"}, "items": [{"metadata": {"name": "a"}}]}
+    page2 = {"metadata": {"resourceVersion": "9"}, "items": [{"metadata": {"name": "b"}}]}
+    client, seen = scripted((200, page1), (410, status(410, "continue expired")), (200, page2))
+    result = client.list(VPC_GROUP, V, "vpcs", "fab", limit=1)
+    assert [o["metadata"]["name"] for o in result.items] == ["b"]
+    assert result.resource_version == "9"
+    assert [r.url.params.get("continue") for r in seen] == [None, "c1", None]
+
+
+def test_list_items_of_built_in_kinds_get_their_kind() -> None:
+    page = {
+        "apiVersion": "v1",
+        "kind": "ConfigMapList",
+        "metadata": {"resourceVersion": "3"},
+        "items": [{"metadata": {"name": "c"}}],
+    }
+    client, seen = scripted((200, page))
+    (item,) = client.list("", "v1", "configmaps", "fab").items
+    assert (item["apiVersion"], item["kind"]) == ("v1", "ConfigMap")
+    assert seen[0].url.path == "/api/v1/namespaces/fab/configmaps"
