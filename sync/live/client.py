@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -411,11 +412,15 @@ class KubeClient:
         1. Opens ``?watch=1&resourceVersion=RV&allowWatchBookmarks=true&timeoutSeconds=T``:
            the server sends every change since RV at once, then new ones as they come,
            and closes after T seconds.
-        2. After the response headers, waits at most ``idle_seconds`` for each next
-           line: a quiet stream means we have caught up, so an unchanged collection costs
-           about ``idle_seconds``, not T. The server writes the changes since RV right
-           after the headers (within milliseconds here), and an event still in flight
-           when we stop is not lost: the next watch starts from the last one we saw.
+        2. After the response headers, waits a quiet window for each next line: a quiet
+           stream means we have caught up, so an unchanged collection costs about the
+           window, not T. The server writes the changes since RV right after the headers
+           (within milliseconds here). The window is ``idle_seconds``, or three times
+           what the headers took when that is longer (at most T): a slow or distant
+           server gets a longer one, so its changes are not always cut off. An event
+           still in flight when we stop is not lost: the next watch starts after the
+           last one we saw (and a full LIST every ``relist_after`` in ``sync.live.state``
+           is the backstop).
         3. A 410 (an HTTP answer or an ``ERROR`` event with code 410) raises ``Gone``:
            RV was compacted away, and the caller relists. Other ``ERROR`` events raise
            a transient error.
@@ -429,11 +434,14 @@ class KubeClient:
         }
         what = f"WATCH {path}"
 
+        started = time.monotonic()
+
         def read(response: httpx.Response) -> list[dict[str, Any]] | None:
             if response.status_code != 200:
                 response.read()
                 return None
-            return _read_watch_lines(response, idle_seconds)
+            window = min(max(idle_seconds, 3 * (time.monotonic() - started)), float(timeout_seconds))
+            return _read_watch_lines(response, window)
 
         call_timeout = max(self._rpc.timeout, timeout_seconds + 5.0)
         response, raw = self._send(
