@@ -72,8 +72,15 @@ def _allow_host_python(settings) -> None:
         setattr(settings, name, value.split(","))
 
 
+def service_for(queue: str) -> str:
+    """A service name of this test's own: the engine is shared with other test sessions,
+    and a fixed name would make each count (and clean up) the other's containers."""
+    return f"worker-{queue.removeprefix('e2e-')}"
+
+
 def worker_policy(queue: str, settings) -> ScalingPolicy:
-    """The data migration's ``worker`` policy, pointed at the test queue and the host Python."""
+    """A copy of the data migration's ``worker`` policy under this test's own service name,
+    pointed at the test queue and the host Python."""
     fields = {
         "enabled": True,
         "dry_run": False,
@@ -97,6 +104,7 @@ def worker_policy(queue: str, settings) -> ScalingPolicy:
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
             "CACHE_URL": settings.CACHES["default"]["LOCATION"],
+            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
             "DJANGO_SECRET_KEY": "end-to-end-test-only",
             "VAR_DIR": "/tmp/fcp-var",
             "PYTHONPATH": str(ROOT),
@@ -107,7 +115,10 @@ def worker_policy(queue: str, settings) -> ScalingPolicy:
         "working_dir": str(ROOT),
         "stop_timeout": 10,
     }  # fmt: skip
-    policy, _ = ScalingPolicy.objects.update_or_create(service="worker", defaults=fields)
+    base = ScalingPolicy.objects.filter(service="worker").values().get()
+    for generated in ("id", "created_at", "updated_at"):
+        base.pop(generated, None)
+    policy = ScalingPolicy.objects.create(**{**base, **fields, "service": service_for(queue)})
     policy.full_clean()
     return policy
 
@@ -130,9 +141,9 @@ def e2e_queue(docker_client):
     except docker.errors.ImageNotFound:
         require(False, f"needs the {HOSTPYTHON_IMAGE} image: run `bash scripts/docker-engine.sh`")
     queue = f"e2e-{uuid.uuid4().hex[:8]}"
-    remove_service_containers(docker_client, "worker")
+    remove_service_containers(docker_client, service_for(queue))
     yield queue
-    remove_service_containers(docker_client, "worker")
+    remove_service_containers(docker_client, service_for(queue))
     broker().delete(*priority_lists(queue))
 
 
@@ -145,19 +156,19 @@ def test_a_backlog_scales_real_celery_workers_up_and_down_after_the_stabilisatio
     policy = worker_policy(e2e_queue, settings)
     backlog = [app.send_task("celery.accumulate", args=[n], queue=e2e_queue) for n in range(12)]
 
-    up = tick_and_wait_for_event("worker", scaler.log())
+    up = tick_and_wait_for_event(service_for(e2e_queue), scaler.log())
 
     assert (up.action, up.from_instances, up.to_instances, up.rule) == (ScaleDirection.UP, 0, 3, "metric:queue_depth")
     assert up.success, up.error
     assert up.metrics["queue_depth"]["value"] == 12
-    assert len(owned(docker_client, "worker")) == 3
+    assert len(owned(docker_client, service_for(e2e_queue))) == 3
     # The containers' Celery workers consume the backlog for real.
     assert [result.get(timeout=90) for result in backlog] == [[n] for n in range(12)]
     wait_for(lambda: broker().llen(e2e_queue) == 0, timeout=10)
 
     after_backlog = []
     while True:
-        event = tick_and_wait_for_event("worker", scaler.log())
+        event = tick_and_wait_for_event(service_for(e2e_queue), scaler.log())
         if event.action != ScaleDirection.NONE:
             break
         after_backlog.append(event)
@@ -175,7 +186,7 @@ def test_a_backlog_scales_real_celery_workers_up_and_down_after_the_stabilisatio
     assert [d["drained"] for d in down.details["drained"]] == [True, True]
     assert len(down.details["stopped"]) == 2
     assert down.details["stop_timeout"] == 10
-    assert len(owned(docker_client, "worker")) == 1
+    assert len(owned(docker_client, service_for(e2e_queue))) == 1
     assert policy.min_instances == 1
 
 
@@ -184,10 +195,10 @@ def test_scale_down_stops_the_idle_worker_and_never_a_busy_one(db, docker_client
     policy = worker_policy(e2e_queue, settings)
     ScalingPolicy.objects.filter(pk=policy.pk).update(min_instances=0)
     scaler = AutoScalingService()
-    started = scaler.scale_to("worker", 2)
+    started = scaler.scale_to(service_for(e2e_queue), 2)
     assert started is not None
     assert started.to_instances == 2
-    hostnames = [hostname_of(c) for c in owned(docker_client, "worker")]
+    hostnames = [hostname_of(c) for c in owned(docker_client, service_for(e2e_queue))]
     wait_for(lambda: all(load.node for load in worker_loads(app, hostnames).values()), timeout=60)
 
     busy_task = hold.apply_async((6,), queue=e2e_queue)
@@ -196,11 +207,11 @@ def test_scale_down_stops_the_idle_worker_and_never_a_busy_one(db, docker_client
         return [host for host, load in worker_loads(app, hostnames).items() if load.active]
 
     [busy_host] = wait_for(busy_hosts, timeout=20)
-    event = scaler.scale_to("worker", 0)
+    event = scaler.scale_to(service_for(e2e_queue), 0)
     assert event is not None
 
     assert (event.action, event.from_instances, event.to_instances) == (ScaleDirection.DOWN, 2, 1)
     assert (event.rule, event.success) == (str(Rule.BUSY_WORKERS), True)
     assert event.details["busy_workers"] == 1
-    assert [hostname_of(c) for c in owned(docker_client, "worker")] == [busy_host]
+    assert [hostname_of(c) for c in owned(docker_client, service_for(e2e_queue))] == [busy_host]
     assert busy_task.get(timeout=30) == 6  # finished, not killed
