@@ -148,6 +148,9 @@ fi
 # Cache and breaker keys of this session only (they share the broker's Redis database
 # unless REDIS_URL/CACHE_URL say otherwise).
 export FCP_TEST_NAMESPACE="${FCP_TEST_NAMESPACE:-fcp-test-$$-$(date +%s)}"
+# One secret key for the session's test process and the workers it starts, so a
+# credential encrypted by one (keys derived from it) can be read by the other.
+export DJANGO_SECRET_KEY="${DJANGO_SECRET_KEY:-$FCP_TEST_NAMESPACE-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
 export CACHE_KEY_PREFIX="${CACHE_KEY_PREFIX:-$FCP_TEST_NAMESPACE}"
 export BREAKER_KEY_PREFIX="${BREAKER_KEY_PREFIX:-$FCP_TEST_NAMESPACE:breaker}"
 

@@ -51,6 +51,26 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+@pytest.fixture(autouse=True)
+def _forget_dependency_breakers() -> Iterator[None]:
+    """After each test, forget the shared breakers of real dependencies (Git hosts, the
+    Docker engine, Kubernetes API servers). Their state lives in the session's Redis, so
+    one test's failures on 127.0.0.1 would otherwise add up with the next test's."""
+    yield
+    from core import guards
+    from core.breaker import REDIS_TIMEOUT, CircuitBreaker, channel_for
+    from core.breaker_redis import known_breakers
+
+    try:
+        names = known_breakers(channel_for(settings.REDIS_URL, REDIS_TIMEOUT), settings.BREAKER_KEY_PREFIX)
+        for name in names:
+            if name.startswith(("git:", "docker:", "k8s:")):
+                CircuitBreaker(name).forget()
+    except Exception:  # a test that pointed Redis at a closed port: nothing shared to forget
+        pass
+    guards.forget_handles()
+
+
 @pytest.fixture
 def postgres_only(db: None) -> None:
     require(is_postgres(), "needs PostgreSQL (set DATABASE_URL)")
