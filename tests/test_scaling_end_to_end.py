@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -115,7 +116,7 @@ def worker_policy(queue: str, settings) -> ScalingPolicy:
         "working_dir": str(ROOT),
         "stop_timeout": 10,
     }  # fmt: skip
-    base = ScalingPolicy.objects.filter(service="worker").values().get()
+    base: dict[str, Any] = dict(ScalingPolicy.objects.filter(service="worker").values().get())
     for generated in ("id", "created_at", "updated_at"):
         base.pop(generated, None)
     policy = ScalingPolicy.objects.create(**{**base, **fields, "service": service_for(queue)})
