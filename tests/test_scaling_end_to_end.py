@@ -80,8 +80,8 @@ def service_for(queue: str) -> str:
 
 
 def worker_policy(queue: str, settings) -> ScalingPolicy:
-    """A copy of the data migration's ``worker`` policy under this test's own service name,
-    pointed at the test queue and the host Python."""
+    """A copy of the data migration's ``worker`` policy (when it is still there) under this
+    test's own service name, pointed at the test queue and the host Python."""
     fields = {
         "enabled": True,
         "dry_run": False,
@@ -116,7 +116,8 @@ def worker_policy(queue: str, settings) -> ScalingPolicy:
         "working_dir": str(ROOT),
         "stop_timeout": 10,
     }  # fmt: skip
-    base: dict[str, Any] = dict(ScalingPolicy.objects.filter(service="worker").values().get())
+    # A transactional test before this one may have flushed the migration's rows.
+    base: dict[str, Any] = dict(ScalingPolicy.objects.filter(service="worker").values().first() or {})
     for generated in ("id", "created_at", "updated_at"):
         base.pop(generated, None)
     policy = ScalingPolicy.objects.create(**{**base, **fields, "service": service_for(queue)})
