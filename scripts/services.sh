@@ -136,6 +136,7 @@ else
 fi
 
 export VAR_DIR="${VAR_DIR:-$PWD/var}"
+mkdir -p "$VAR_DIR/static"  # settings create nothing on import; whitenoise warns without it
 if [[ -z "${CELERY_BROKER_URL:-}" ]]; then
   _valkey_port=$($BIN/python -c 'from project.embedded import free_port; print(free_port())')
   $BIN/python -m project.embedded --port "$_valkey_port" --dir "$VAR_DIR/test-valkey" --no-persist &
