@@ -15,7 +15,11 @@ JSON-able dict the caller stores (the fabric's row) and hands back next time:
 4. First one ``GET /version`` (a probe): a dead or refusing cluster costs one call, not
    one per collection, and an open breaker one rejection. Then the collections are read
    ``max_workers`` at a time, so an unchanged cluster costs about one quiet watch
-   (``idle_seconds``) of wall time, however many collections it has.
+   (``idle_seconds``) of wall time, however many collections it has. The threads are
+   one pool per process, reused by every read: each thread keeps its breaker's Redis
+   connection (``core.breaker_redis`` opens one per thread and counts it against the
+   pool's limit for good), so a long-lived worker does not use up Redis connections
+   one sync at a time.
 5. Errors about the cluster (unreachable, breaker open, token refused, TLS) stop the
    read and raise; nothing of it is kept, the caller keeps its old state. Errors about
    one collection (403 for that kind, 404 when its CRD is missing) are collected in
@@ -36,8 +40,10 @@ an object's size, and never compared).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +59,7 @@ from sync.live.client import (
 from sync.live.kinds import Kind
 
 STATE_VERSION = 1
+MAX_READERS = 16  # threads of the per-process reading pool
 # Errors that are about the cluster, not one collection: they stop the whole read.
 CLUSTER_ERRORS = (ClusterUnavailable, KubeTransientError, KubeUnauthorized, KubeTLSError)
 
@@ -194,6 +201,23 @@ def read_collection(
     return new, True, stats
 
 
+# One collection's read: (collection, new entry or None, changed, stats, its error or None).
+_Outcome = tuple[Collection, dict[str, Any] | None, bool, ReadStats, KubeError | None]
+_pool: ThreadPoolExecutor | None = None  # threads, not state: rebuilt after a fork
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def reading_pool() -> ThreadPoolExecutor:
+    """This process's pool of ``MAX_READERS`` reading threads (step 4)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=MAX_READERS, thread_name_prefix="kube-read")
+            _pool_pid = os.getpid()
+        return _pool
+
+
 def read_live(
     client: KubeClient,
     kinds: Sequence[Kind],
@@ -255,19 +279,24 @@ def read_live(
     if collections:
         client.version()  # step 4: the probe; raises the classified error
         stats.probes = 1
-        workers = max(1, min(max_workers, len(collections)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-read") as pool:
-            futures = [pool.submit(one, c) for c in collections]
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((f for f in futures if f.done() and f.exception() is not None), None)
-            if failed is not None:
-                for future in pending:
-                    future.cancel()
-                pool.shutdown(wait=True, cancel_futures=True)
-                exc = failed.exception()
-                assert exc is not None
-                raise exc
-            for future in futures:
-                record(future.result())
+        slots = threading.BoundedSemaphore(max(1, min(max_workers, MAX_READERS)))
+
+        def limited(collection: Collection) -> _Outcome:
+            with slots:
+                return one(collection)
+
+        pool = reading_pool()
+        futures: list[Future[Any]] = [pool.submit(limited, c) for c in collections]
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+        if failed is not None:
+            for future in pending:
+                future.cancel()
+            wait(futures)  # those already running finish before we return: no call outlives the read
+            exc = failed.exception()
+            assert exc is not None
+            raise exc
+        for future in futures:
+            record(future.result())
     new_state = {"version": STATE_VERSION, "server": client.server, "collections": new_collections}
     return LiveRead(new_state, changed, stats, errors)
