@@ -1,18 +1,29 @@
-"""Fabrics, their sync attempts and the resources the last successful sync found.
+"""Fabrics, their sync attempts, the resources the last successful sync found, and
+each fabric's Kubernetes cluster with the drift between the two.
 
 State fields on ``Fabric`` are written only by ``sync.leases`` and ``sync.runner``
 through explicit conditional updates, never by signals or ``save()`` overrides, so
-bulk updates cannot bypass a rule.
+bulk updates cannot bypass a rule. The same holds for the system-written fields of
+``FabricCluster`` (``sync.live.sync_step`` writes them inside the sync's success
+transaction, under the lease) and for ``DriftedObject`` rows.
 """
 
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from core.redaction import redact_url
+from sync.live.validation import (
+    default_namespaces,
+    validate_ca_bundle,
+    validate_cluster_url,
+    validate_ignore_rules,
+    validate_kinds,
+    validate_namespaces,
+)
 from sync.validators import validate_git_branch, validate_git_path, validate_git_url
 
 
@@ -23,6 +34,14 @@ class SyncStatus(models.TextChoices):
     IN_SYNC = "in_sync", "In sync"
     ERROR = "error", "Error"
     SUSPENDED = "suspended", "Suspended"
+
+
+class FabricQuerySet(models.QuerySet["Fabric"]):
+    def with_cluster(self) -> FabricQuerySet:
+        """Each fabric with its cluster row (drift status, counts, last compared) in the
+        same query, without the cluster's stored live objects (megabytes on a big fabric).
+        For lists: a changelist stays one query however many fabrics it shows."""
+        return self.select_related("cluster").defer("cluster__live_state")
 
 
 class Fabric(models.Model):
@@ -79,6 +98,8 @@ class Fabric(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = FabricQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
         indexes = [
@@ -110,6 +131,21 @@ class Fabric(models.Model):
 class SyncTrigger(models.TextChoices):
     SCHEDULE = "schedule", "Schedule"
     MANUAL = "manual", "Manual"
+    # A manual sync that also re-reads the whole cluster (a full LIST) and recomputes drift.
+    COMPARE = "compare", "Compare now"
+    # A compare that also applies Git's objects (reconcile mode only; observe never writes).
+    RECONCILE = "reconcile", "Reconcile now"
+
+
+class LiveStatus(models.TextChoices):
+    """What a sync's live step did (``sync.live.sync_step``); empty for a fabric without a cluster."""
+
+    NONE = "", "No cluster"
+    COMPARED = "compared", "Compared"
+    UNCHANGED = "unchanged", "Unchanged (no live change, same desired state)"
+    INCOMPLETE = "incomplete", "Incomplete read"
+    UNREACHABLE = "unreachable", "Cluster unreachable (breaker open)"
+    FAILED = "failed", "Failed"
 
 
 class RunStatus(models.TextChoices):
@@ -139,6 +175,15 @@ class SyncRun(models.Model):
     resources_total = models.PositiveIntegerField(default=0)
     error_class = models.CharField(max_length=200, blank=True)
     error_message = models.TextField(blank=True)
+    # The live step (a fabric with a cluster): a live error never fails the run, whose
+    # status says how the Git step went.
+    live_status = models.CharField(max_length=20, choices=LiveStatus.choices, blank=True, default=LiveStatus.NONE)
+    live_error = models.TextField(blank=True)
+    live_applied = models.PositiveIntegerField(default=0, help_text="Objects applied to the cluster (reconcile).")
+    live_pruned = models.PositiveIntegerField(default=0, help_text="Unmanaged objects deleted (prune).")
+    # {"read": {lists, watches, events, ...}, "counts": {...}, "applied": [...], "pruned": [...],
+    #  "failed": [{"object", "error"}], "prune_refused": "..."}
+    live_report = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -171,3 +216,168 @@ class Resource(models.Model):
     def __str__(self) -> str:
         ns = f"{self.namespace}/" if self.namespace else ""
         return f"{self.kind} {ns}{self.name}"
+
+
+# --- The fabric's Kubernetes cluster and drift ------------------------------------------
+
+
+class ClusterMode(models.TextChoices):
+    OBSERVE = "observe", "Observe (read-only)"
+    RECONCILE = "reconcile", "Reconcile (apply Git's objects)"
+
+
+class DriftStatus(models.TextChoices):
+    UNKNOWN = "unknown", "Unknown"
+    IN_SYNC = "in_sync", "In sync"
+    OUT_OF_SYNC = "out_of_sync", "Out of sync"
+
+
+class DriftState(models.TextChoices):
+    DRIFTED = "drifted", "Drifted"
+    MISSING = "missing", "Missing (in Git, not live)"
+    UNMANAGED = "unmanaged", "Unmanaged (live, not in Git)"
+
+
+class FabricCluster(models.Model):
+    """A fabric's Kubernetes connection, what it tracks there, and the drift last found.
+
+    Operators set the connection and the policy; the sync writes the rest (below the
+    marker), only through ``sync.live.sync_step`` with ``update()`` of those columns,
+    so an operator's edit and a sync never overwrite each other. The token lives in the
+    ``Credential`` only (encrypted, write-only); this row holds a reference to it.
+    """
+
+    fabric = models.OneToOneField(Fabric, on_delete=models.CASCADE, related_name="cluster")
+    server_url = models.CharField(
+        "API server URL",
+        max_length=500,
+        validators=[validate_cluster_url],
+        help_text="https://host[:port] of the fabric's Kubernetes API server (no credentials in it).",
+    )
+    ca_bundle = models.TextField(
+        "CA bundle",
+        blank=True,
+        validators=[validate_ca_bundle],
+        help_text="PEM certificate(s) the API server's certificate must chain to (not secret). "
+        "Empty: the system's trust store.",
+    )
+    token = models.ForeignKey(
+        "core.Credential",
+        on_delete=models.PROTECT,
+        related_name="fabric_clusters",
+        limit_choices_to={"kind": "bearer_token"},
+        help_text="A bearer-token credential (e.g. a ServiceAccount token). Observe needs get/list/watch; "
+        "reconcile also patch (and delete with prune).",
+    )
+    namespaces = models.JSONField(
+        default=default_namespaces,
+        validators=[validate_namespaces],
+        help_text='Namespaces the fabric manages, e.g. ["default"]. Git documents without a namespace go to the first.',
+    )
+    kinds = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_kinds],
+        help_text='Tracked kinds; empty for the Hedgehog defaults. e.g. ["vpc.githedgehog.com/v1beta1/VPC"].',
+    )
+    ignore_rules = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_ignore_rules],
+        help_text='Differences never counted, like Argo CD\'s ignoreDifferences: [{"kind": "VPC", '
+        '"jsonPointers": ["/spec/x"]}]; the pointer "" leaves whole objects out (never pruned).',
+    )
+    mode = models.CharField(max_length=20, choices=ClusterMode.choices, default=ClusterMode.OBSERVE)
+    prune_enabled = models.BooleanField(
+        default=False, help_text="Reconcile mode only: delete live objects that Git does not have."
+    )
+    prune_max_share = models.FloatField(
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="A prune deleting more than this share of the fabric's live objects waits for confirmation. "
+        "Deleting everything (Git has nothing) always does.",
+    )
+    # An operator's one-shot confirmation of the refused prune (``prune_pending``),
+    # valid when later than ``prune_refused_at``; the prune that uses it clears it.
+    prune_confirmed_at = models.DateTimeField(null=True, blank=True)
+    prune_confirmed_by = models.CharField(max_length=150, blank=True)
+
+    # --- Written only by the system -------------------------------------------------
+    # sync.live.state's JSON: per collection, the objects and the resourceVersion to watch from.
+    live_state = models.JSONField(default=dict, blank=True, editable=False)
+    live_read_at = models.DateTimeField(null=True, blank=True, help_text="Last complete read of the cluster.")
+    # Hash of (commit, Git source, kinds, namespaces, ignore rules) the stored drift was computed for.
+    desired_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    drift_status = models.CharField(
+        max_length=20, choices=DriftStatus.choices, default=DriftStatus.UNKNOWN, db_index=True
+    )
+    drift_counts = models.JSONField(default=dict, blank=True)  # {"in_sync": n, "drifted": n, "missing": n, ...}
+    drift_compared_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the stored drift was last confirmed against the cluster."
+    )
+    last_error = models.TextField(blank=True)
+    latency_p50_ms = models.FloatField(null=True, blank=True)
+    latency_p95_ms = models.FloatField(null=True, blank=True)
+    prune_refused = models.TextField(blank=True, help_text="Why the pending prune waits for an operator.")
+    prune_refused_at = models.DateTimeField(null=True, blank=True)
+    prune_pending = models.JSONField(default=list, blank=True)  # the objects the refused prune would delete
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["fabric__name"]
+
+    def __str__(self) -> str:
+        return f"{self.fabric} @ {self.server_url}"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.token_id is not None and self.token.kind != "bearer_token":
+            raise ValidationError({"token": "Choose a bearer-token credential: a cluster takes a bearer token."})
+        if self.prune_enabled and self.mode != ClusterMode.RECONCILE:
+            raise ValidationError({"prune_enabled": "Prune deletes objects: it needs reconcile mode."})
+
+    @property
+    def prune_confirmed(self) -> bool:
+        """An operator confirmed the pending prune after it was refused."""
+        return bool(
+            self.prune_refused_at and self.prune_confirmed_at and self.prune_confirmed_at >= self.prune_refused_at
+        )
+
+    def count(self, state: str) -> int:
+        return int((self.drift_counts or {}).get(state, 0))
+
+
+class DriftedObject(models.Model):
+    """One object whose live state differs from Git (drifted, missing or unmanaged).
+
+    Replaced as a whole each time a sync recomputes the fabric's drift; in-sync objects
+    have no row. ``diff`` is a list of ``{"path", "desired", "live", "live_absent"}``
+    (JSON pointers into the object), for the admin's "field / Git / live" table.
+    """
+
+    fabric = models.ForeignKey(Fabric, on_delete=models.CASCADE, related_name="drifted_objects")
+    group = models.CharField(max_length=253, blank=True)
+    kind = models.CharField(max_length=63)
+    namespace = models.CharField(max_length=63, blank=True)
+    name = models.CharField(max_length=253)
+    api_version = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=20, choices=DriftState.choices)
+    diff = models.JSONField(default=list, blank=True)
+    truncated = models.PositiveIntegerField(default=0, help_text="Field differences left out past the limit.")
+    live_uid = models.CharField(max_length=64, blank=True)
+    compared_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["fabric", "kind", "namespace", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["fabric", "group", "kind", "namespace", "name"], name="driftedobject_unique_per_fabric"
+            )
+        ]
+        indexes = [models.Index(fields=["fabric", "state"], name="driftedobject_state_idx")]
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind} {where}{self.name} ({self.state})"
