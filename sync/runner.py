@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -28,8 +28,9 @@ from core.credentials import CredentialError, git_credential_env
 from core.redaction import redact
 from sync import leases
 from sync.errors import PermanentSyncError, SyncError, TransientSyncError
+from sync.live.sync_step import LiveOutcome, run_live_step, store_outcome, stored_documents
 from sync.manifests import parse_manifests
-from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
+from sync.models import Fabric, FabricCluster, RunStatus, SyncRun, SyncStatus
 from sync.resources import ResourceCounts, replace_resources
 from sync.scheduling import next_sync_after_failure, next_sync_after_success, should_suspend
 from sync.sources.git import GitSource, RemoteUnavailable, cache_dir_for, source_fingerprint
@@ -50,9 +51,15 @@ class SyncResult:
     resources: int
     counts: ResourceCounts
     duration_ms: int
+    # A fabric with a cluster: the drift status after this sync, what the live step did
+    # (a ``LiveStatus``) and its error. Empty without a cluster.
+    drift: str = ""
+    live: str = ""
+    live_error: str = ""
+    drift_counts: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        result: dict[str, object] = {
             "fabric": self.fabric,
             "status": self.status,
             "commit": self.commit,
@@ -62,6 +69,9 @@ class SyncResult:
             "deleted": self.counts.deleted,
             "duration_ms": self.duration_ms,
         }
+        if self.live:
+            result.update(drift=self.drift, live=self.live, live_error=self.live_error)
+        return result
 
 
 def _elapsed_ms(start: datetime, end: datetime) -> int:
@@ -85,15 +95,22 @@ def run_sync(
        last success: finish fast as UNCHANGED.
     3. Otherwise fetch (shallow, cached), list and read ``*.yaml``/``*.yml`` under
        ``git_path``, parse and validate every document.
-    4. In one transaction: upsert changed resources, delete removed ones, and mark
-       the fabric IN_SYNC, but only if our lease token is still on it.
+    4. A fabric with a cluster: the live step (``sync.live.sync_step``) reads the
+       cluster, compares it with the desired documents and, in reconcile mode,
+       applies them. Its failures never fail the sync: they are recorded beside the
+       Git result (the run's ``live_status``/``live_error``, drift ``unknown``).
+    5. In one transaction: upsert changed resources, delete removed ones, store the
+       live step's outcome, and mark the fabric IN_SYNC, but only if our lease token
+       is still on it.
     On failure the run and the fabric record a redacted reason and the error is
     re-raised, so Celery's task state is truthful. A transient failure with
     ``may_retry`` keeps the lease (QUEUED) for the caller's retry. When the remote's
     breaker rejects the call, the run is SKIPPED (``record_skip``) and
     ``RemoteUnavailable`` is raised: no failure is counted and no retry is due.
     """
-    fabric = Fabric.objects.get(id=fabric_id)
+    # The cluster row (if any) and its token come in the same query: a Git-only fabric
+    # costs no extra query for having no cluster.
+    fabric = Fabric.objects.select_related("cluster__token").get(id=fabric_id)
     started = clock()
     run = SyncRun.objects.create(
         fabric=fabric, trigger=trigger, attempt=attempt, lease_token=token, worker=worker[:200], started_at=started
@@ -143,20 +160,55 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
         and fabric.last_sync is not None
         and fabric.consecutive_failures == 0
     )
+    cluster = cluster_of(fabric)
+    live: LiveOutcome | None = None
     if unchanged:
         counts = ResourceCounts(total=fabric.resources.count())
-        _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.UNCHANGED, clock)
+        if cluster is not None:
+            live = run_live_step(
+                cluster,
+                desired=stored_documents(fabric.id),
+                source=(commit, fingerprint),
+                trigger=run.trigger,
+                now=clock(),
+            )
+        _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.UNCHANGED, clock, live)
     else:
         commit = source.fetch()
         tree = source.manifest_files(
             commit, fabric.git_path, settings.SYNC_MAX_MANIFEST_BYTES, settings.SYNC_MAX_MANIFESTS
         )
         parsed = parse_manifests(source.read_blobs(tree))
+        if cluster is not None:
+            live = run_live_step(
+                cluster,
+                desired=lambda: [p.spec for p in parsed],
+                source=(commit, fingerprint),
+                trigger=run.trigger,
+                now=clock(),
+            )
         with transaction.atomic():
             counts = replace_resources(fabric, parsed)
-            _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.SUCCESS, clock)
+            _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.SUCCESS, clock, live)
     finished = run.finished_at or clock()
-    return SyncResult(fabric.name, run.status, commit, counts.total, counts, _elapsed_ms(started, finished))
+    result = SyncResult(fabric.name, run.status, commit, counts.total, counts, _elapsed_ms(started, finished))
+    if live is not None:
+        result = replace(
+            result,
+            drift=live.drift_status,
+            live=live.status,
+            live_error=live.error,
+            drift_counts=live.drift_counts,
+        )
+    return result
+
+
+def cluster_of(fabric: Fabric) -> FabricCluster | None:
+    """The fabric's cluster, or None; no query when it was selected with the fabric."""
+    try:
+        return fabric.cluster
+    except FabricCluster.DoesNotExist:
+        return None
 
 
 def _git_credential_env(fabric: Fabric) -> dict[str, str]:
@@ -176,6 +228,7 @@ def _commit_success(
     counts: ResourceCounts,
     status: RunStatus,
     clock: Clock,
+    live: LiveOutcome | None = None,
 ) -> None:
     finished = clock()
     with transaction.atomic():
@@ -184,7 +237,8 @@ def _commit_success(
             last_sync=finished,
             next_sync_at=next_sync_after_success(finished, fabric.sync_interval),
             consecutive_failures=0,
-            last_error="",
+            # The Git result stands; a live failure is still what an operator should see.
+            last_error=live.fabric_error if live is not None else "",
             current_commit=commit,
             source_fingerprint=fingerprint,
             lease_token="",
@@ -197,6 +251,8 @@ def _commit_success(
         run.commit = commit
         run.resources_created, run.resources_updated = counts.created, counts.updated
         run.resources_deleted, run.resources_total = counts.deleted, counts.total
+        if live is not None:
+            store_outcome(live, fabric.cluster, run, finished)
         _finish_run(run, status, finished)
 
 
