@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.connection import ConnectionPool
 
 from core.breaker_core import Admission, BreakerConfig, Outcome, State
 from core.breaker_lua import ADMIT, OPERATE, RECORD
+from core.clients import redis_pool
 
 REGISTRY_SUFFIX = "registry"
 
@@ -64,9 +64,8 @@ class RedisChannel:
 
     def __init__(self, url: str, timeout: float = 0.5) -> None:
         self.url = url
-        self.pool = ConnectionPool.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
-        )
+        # The one Redis client factory (core.clients); the pool only makes connections here.
+        self.pool = redis_pool(url, timeout, decode_responses=True)
         self._wire = _Wire()
 
     def _connection(self) -> Any:
