@@ -1,157 +1,33 @@
-"""The live step of a sync against a real kube-apiserver (tests/kube.py): observe mode.
+"""The live step of a sync against a real kube-apiserver (tests/kube.py): compare and observe.
 
 Each fabric's Git repository holds the demo fabric's objects, placed in the test's own
-namespace; the cluster row points at the session's apiserver. Helpers here are shared
-by the other ``test_live_*`` files.
+namespace; the cluster row points at the session's apiserver (``tests/livefabric.py``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-import yaml
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from core.models import Credential
 from sync import leases
-from sync.live.kinds import VPC_GROUP, WIRING_GROUP
-from sync.models import (
-    ClusterMode,
-    DriftedObject,
-    DriftState,
-    DriftStatus,
-    Fabric,
-    FabricCluster,
-    LiveStatus,
-    RunStatus,
-    SyncRun,
-)
-from sync.runner import SyncResult, run_sync
+from sync.live.kinds import VPC_GROUP
+from sync.models import ClusterMode, DriftState, DriftStatus, Fabric, FabricCluster, LiveStatus, RunStatus, SyncRun
+from sync.runner import run_sync
 from tests.factories import make_fabric
-from tests.gitrepo import GitRepo
-from tests.kube import KubeCluster
 from tests.kube_api import demo_objects, in_namespace
 from tests.kube_pki import unrelated_ca_pem
-
-V = "v1beta1"
-VPC_API = f"{VPC_GROUP}/{V}"
-WIRING_API = f"{WIRING_GROUP}/{V}"
-
-
-# --- helpers -------------------------------------------------------------------------------
-
-
-def vpc(name: str, vlan: int = 1001) -> dict[str, Any]:
-    subnets = {"default": {"subnet": f"10.{vlan % 250}.0.0/24", "vlan": vlan}}
-    return {"apiVersion": VPC_API, "kind": "VPC", "metadata": {"name": name}, "spec": {"subnets": subnets}}
-
-
-def placed(objects: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
-    return [in_namespace(obj, namespace) for obj in objects]
-
-
-def write_manifests(repo: GitRepo, objects: list[dict[str, Any]]) -> str:
-    """Git's desired state: ``objects`` as one multi-document YAML file, committed."""
-    repo.write("manifests/fabric.yaml", yaml.safe_dump_all(objects, sort_keys=False) if objects else "")
-    return repo.commit()
-
-
-def make_credential(token: str, name: str | None = None) -> Credential:
-    credential = Credential(name=name or f"k8s-{Credential.objects.count() + 1}", kind=Credential.Kind.BEARER_TOKEN)
-    credential.set_secret(token)
-    credential.save()
-    return credential
-
-
-class LiveFabric:
-    """A fabric whose Git repository and cluster namespace the test controls."""
-
-    def __init__(self, fabric: Fabric, repo: GitRepo, namespace: str, cluster: KubeCluster) -> None:
-        self.fabric = fabric
-        self.repo = repo
-        self.namespace = namespace
-        self.kube = cluster
-
-    @property
-    def cluster(self) -> FabricCluster:
-        return FabricCluster.objects.get(fabric=self.fabric)
-
-    def commit(self, objects: list[dict[str, Any]]) -> str:
-        return write_manifests(self.repo, placed(objects, self.namespace))
-
-    def sync(self, trigger: str = "manual") -> SyncResult:
-        return sync_now(self.fabric, trigger)
-
-    def rows(self) -> dict[str, DriftedObject]:
-        return {f"{r.kind}/{r.name}": r for r in DriftedObject.objects.filter(fabric=self.fabric)}
-
-    def last_run(self) -> SyncRun:
-        return SyncRun.objects.filter(fabric=self.fabric).order_by("-id").first()  # type: ignore[return-value]
-
-
-def sync_now(fabric: Fabric, trigger: str = "manual") -> SyncResult:
-    now = timezone.now()
-    token = leases.claim_one(fabric.id, now)
-    assert token is not None
-    assert leases.begin(fabric.id, token, now, "test").outcome is leases.BeginOutcome.STARTED
-    return run_sync(fabric.id, token, trigger=trigger, worker="test")
+from tests.livefabric import VPC_API, forget_k8s_breakers, make_live_fabric, placed, sync_now, vpc  # noqa: F401
 
 
 @pytest.fixture
-def live_fabric(
-    db: None, git_repo: Callable[..., GitRepo], kube_cluster: KubeCluster, kube_namespace: str
-) -> Callable[..., LiveFabric]:
-    """``live_fabric(objects, token=..., mode=..., ...)``: a fabric whose Git holds ``objects``
-    (in the test's namespace) and whose cluster is the session's apiserver."""
-
-    def make(
-        objects: list[dict[str, Any]] | None = None,
-        *,
-        token: str | None = None,
-        namespace: str | None = None,
-        name: str | None = None,
-        **cluster_fields: Any,
-    ) -> LiveFabric:
-        ns = namespace or kube_namespace
-        repo = git_repo(name)
-        write_manifests(repo, placed(demo_objects() if objects is None else objects, ns))
-        fabric = make_fabric(repo.url, **({"name": name} if name else {}))
-        fields: dict[str, Any] = {
-            "server_url": kube_cluster.base_url,
-            "ca_bundle": kube_cluster.ca_pem,
-            "namespaces": [ns],
-            **cluster_fields,
-        }
-        FabricCluster.objects.create(fabric=fabric, token=make_credential(token or kube_cluster.admin_token), **fields)
-        return LiveFabric(fabric, repo, ns, kube_cluster)
-
-    return make
-
-
-@pytest.fixture
-def forget_k8s_breakers() -> Iterator[None]:
-    """Every Kubernetes API server's breaker starts and ends closed and empty."""
-    from django.conf import settings
-
-    from core import guards
-    from core.breaker import REDIS_TIMEOUT, CircuitBreaker, channel_for
-    from core.breaker_redis import known_breakers
-
-    def forget() -> None:
-        for name in known_breakers(channel_for(settings.REDIS_URL, REDIS_TIMEOUT), settings.BREAKER_KEY_PREFIX):
-            if name.startswith("k8s:"):
-                CircuitBreaker(name).forget()
-        guards.forget_handles()
-
-    forget()
-    yield
-    forget()
+def live_fabric(db, git_repo, kube_cluster, kube_namespace):
+    return make_live_fabric(git_repo, kube_cluster, kube_namespace)
 
 
 pytestmark = pytest.mark.usefixtures("forget_k8s_breakers")
@@ -170,8 +46,10 @@ def test_a_fabric_whose_cluster_matches_git_is_in_sync_with_no_diff(live_fabric)
     cluster = lf.cluster
     assert cluster.drift_status == DriftStatus.IN_SYNC
     assert cluster.drift_counts == {"in_sync": 18, "drifted": 0, "missing": 0, "unmanaged": 0}
-    assert cluster.drift_compared_at is not None and cluster.last_error == ""
-    assert cluster.latency_p50_ms is not None and cluster.latency_p95_ms >= cluster.latency_p50_ms
+    assert cluster.drift_compared_at is not None
+    assert cluster.last_error == ""
+    assert cluster.latency_p50_ms is not None
+    assert cluster.latency_p95_ms >= cluster.latency_p50_ms
     assert lf.rows() == {}
     run = lf.last_run()
     assert (run.live_status, run.live_error, run.live_applied) == (LiveStatus.COMPARED, "", 0)
@@ -183,7 +61,8 @@ def test_server_defaults_and_status_never_count_as_drift(live_fabric):
     lf.kube.apply_all(placed(demo_objects(), lf.namespace))
     lf.kube.patch(VPC_API, "VPC", "vpc-web", lf.namespace, {"status": {"state": "ready"}}, "status")
     live_vpc = lf.kube.get(VPC_API, "VPC", "vpc-web", lf.namespace)
-    assert live_vpc is not None and live_vpc["spec"]["ipv4Namespace"] == "default"  # Git never set it
+    assert live_vpc is not None
+    assert live_vpc["spec"]["ipv4Namespace"] == "default"
     assert live_vpc["status"] == {"state": "ready"}
 
     lf.sync()
@@ -354,7 +233,8 @@ def test_a_wrong_token_is_a_readable_permanent_error_and_the_git_sync_stands(liv
     assert cluster.drift_status == DriftStatus.UNKNOWN
     assert "401" in cluster.last_error
     lf.fabric.refresh_from_db()
-    assert lf.fabric.sync_status == "in_sync" and lf.fabric.consecutive_failures == 0
+    assert lf.fabric.sync_status == "in_sync"
+    assert lf.fabric.consecutive_failures == 0
     assert lf.fabric.last_error.startswith("live state: the cluster ")
     run = lf.last_run()
     assert (run.status, run.live_status) == (RunStatus.SUCCESS, LiveStatus.FAILED)
