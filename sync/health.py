@@ -4,6 +4,10 @@
 - ``git``: one component per distinct Git URL (and Git credential) of the enabled
   fabrics, probed with ``git ls-remote`` through the sync's own git runner (same
   environment, credential, timeout, redaction and circuit breaker as a sync).
+- ``kubernetes``: one component per fabric cluster of the enabled fabrics: reachable
+  and the token accepted (``GET /version``), and RBAC allowing what the fabric's mode
+  needs (SelfSubjectAccessReviews), through the sync's own client and so the cluster's
+  shared breaker. The token never reaches a message or a detail.
 - heal action ``release_expired_leases`` for ``sync_leases``: run the reaper now.
 """
 
@@ -21,7 +25,9 @@ from core.health import ComponentType, HealthCheck, HealthCheckResult, HealthSta
 from core.models import Credential
 from core.redaction import redact
 from sync.errors import SyncError
-from sync.models import Fabric, SyncStatus
+from sync.live.client import ClusterUnavailable, KubeError
+from sync.live.cluster import client_for, config_of
+from sync.models import ClusterMode, Fabric, FabricCluster, SyncStatus
 from sync.sources.git import GitSource, RemoteUnavailable
 
 H, D, U = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
@@ -98,6 +104,85 @@ GIT = register(
         ComponentType.FABRIC_SOURCE,
         _git_results,
         timeout=settings.HEALTH_GIT_TIMEOUT + 5,
+        provider=True,
+        live=False,
+    )
+)
+
+
+MAX_CLUSTERS = 50  # per sweep, like HEALTH_MAX_GIT_SOURCES
+READ_VERBS = ("list", "watch")
+
+
+def _cluster_results() -> list[HealthCheckResult]:
+    """One component per fabric cluster of the enabled fabrics (capped per sweep)."""
+    clusters = list(
+        FabricCluster.objects.filter(fabric__sync_enabled=True)
+        .select_related("fabric", "token")
+        .defer("live_state")
+        .order_by("fabric__name")[:MAX_CLUSTERS]
+    )
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(clusters)))) as pool:
+        return list(pool.map(_probe_cluster, clusters))
+
+
+def _probe_cluster(cluster: FabricCluster) -> HealthCheckResult:
+    """Reachable, authenticated, and allowed what the mode needs, in one namespace.
+
+    UNHEALTHY: unreachable, the token or the certificate refused, the breaker open
+    (the cluster kept failing), or reading forbidden (the sync cannot compare).
+    DEGRADED: a write the reconcile mode needs is forbidden, or an operator forced
+    the breaker open (that says nothing about the cluster).
+    """
+    started = timezone.now()
+    verbs = list(READ_VERBS)
+    if cluster.mode == ClusterMode.RECONCILE:
+        verbs.append("patch")
+        if cluster.prune_enabled:
+            verbs.append("delete")
+    details: dict[str, object] = {"fabric": cluster.fabric.name, "mode": cluster.mode, "server": cluster.server_url}
+    try:
+        config = config_of(cluster)
+        with client_for(cluster, timeout=TIMEOUT, deadline=TIMEOUT, max_attempts=2) as client:
+            access = client.check_access(config.kinds, config.namespaces[:1], verbs)
+        details["server_version"] = access.server_version
+        reads = [line for line in access.denied if line.split(" ", 1)[0] in READ_VERBS]
+        if reads:
+            status, message = U, f"reachable, but the token may not {_first(reads)}"
+        elif access.denied:
+            status, message = D, f"reachable, but the token may not {_first(access.denied)} (reconcile needs it)"
+        else:
+            status, message = H, f"reachable, authenticated ({access.server_version})"
+        details["denied"] = access.denied[:20]
+    except ClusterUnavailable as exc:
+        status, message = D if exc.forced else U, str(exc)
+    except KubeError as exc:
+        status, message = U, str(exc)
+    latency = (timezone.now() - started).total_seconds() * 1000
+    return HealthCheckResult(
+        component=f"k8s:{cluster.fabric.name}"[:200],
+        component_type=ComponentType.RPC,
+        status=status,
+        message=redact(message)[:500],
+        latency_ms=round(latency, 2),
+        details=details,
+        failure_threshold=KUBERNETES.failure_threshold,
+        success_threshold=KUBERNETES.success_threshold,
+    )
+
+
+def _first(lines: list[str]) -> str:
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return f"{lines[0]}{more}"
+
+
+KUBERNETES = register(
+    HealthCheck(
+        "kubernetes",
+        ComponentType.RPC,
+        _cluster_results,
+        # Each cluster: a /version probe and a few access reviews, each bounded by TIMEOUT.
+        timeout=TIMEOUT * 3 + 5,
         provider=True,
         live=False,
     )

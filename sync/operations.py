@@ -1,4 +1,5 @@
-"""What operators do to fabrics: sync now, enable or disable, reset failures, edit settings.
+"""What operators do to fabrics: sync now, compare or reconcile now, confirm a prune,
+enable or disable, reset failures, edit settings.
 
 The admin (and anything else acting for an operator) calls these plain functions
 instead of saving whole ``Fabric`` rows. A whole-row ``save()`` would write back
@@ -19,7 +20,7 @@ from django.db.models import Case, Q, QuerySet, Value, When
 
 from core.redaction import redact
 from sync import leases
-from sync.models import Fabric, SyncStatus, SyncTrigger
+from sync.models import ClusterMode, Fabric, FabricCluster, SyncStatus, SyncTrigger
 from sync.scheduling import next_sync_after_failure, next_sync_after_success
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,11 @@ SCHEDULE_FIELDS = SOURCE_FIELDS | {"sync_interval"}
 # A fabric in one of these states holds a lease: its sync owns the state fields.
 LEASED_STATUSES = (SyncStatus.QUEUED, SyncStatus.SYNCING)
 FAILING_STATUSES = (SyncStatus.ERROR, SyncStatus.SUSPENDED)
+# What an operator sets on a fabric's cluster; the other columns are the sync's.
+CLUSTER_SETTINGS = frozenset({
+    "server_url", "ca_bundle", "token", "namespaces", "kinds", "ignore_rules",
+    "mode", "prune_enabled", "prune_max_share",
+})  # fmt: skip
 
 
 @dataclass
@@ -42,10 +48,14 @@ class ManualSyncOutcome:
     busy: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     error: str = ""
+    # Compare / Reconcile now: fabrics without a cluster (or, to reconcile, in observe mode).
+    not_applicable: list[str] = field(default_factory=list)
 
 
-def enqueue_manual_syncs(fabrics: Iterable[Fabric], now: datetime) -> ManualSyncOutcome:
-    """Claim each fabric and publish one ``sync.sync_fabric`` task for it.
+def enqueue_manual_syncs(
+    fabrics: Iterable[Fabric], now: datetime, trigger: SyncTrigger = SyncTrigger.MANUAL
+) -> ManualSyncOutcome:
+    """Claim each fabric and publish one ``sync.sync_fabric`` task for it (with ``trigger``).
 
     1. ``claim_one`` takes the lease whether or not the fabric is due; a fabric whose
        lease is held (a sync is queued or running) is reported busy, never doubled.
@@ -66,7 +76,7 @@ def enqueue_manual_syncs(fabrics: Iterable[Fabric], now: datetime) -> ManualSync
             outcome.busy.append(fabric.name)
             continue
         try:
-            sync_fabric.apply_async((fabric.id, token, SyncTrigger.MANUAL.value))
+            sync_fabric.apply_async((fabric.id, token, trigger.value))
         except Exception as exc:
             leases.release([fabric.id], token)
             # Broker errors may echo the broker URL, password included.
@@ -76,6 +86,63 @@ def enqueue_manual_syncs(fabrics: Iterable[Fabric], now: datetime) -> ManualSync
             continue
         outcome.enqueued.append(fabric.name)
     return outcome
+
+
+def compare_now(fabrics: Iterable[Fabric], now: datetime) -> ManualSyncOutcome:
+    """ "Compare now": a manual sync of each fabric with a cluster that re-reads the whole
+    cluster (a full LIST, not the watch) and recomputes its drift. It takes the same
+    lease as any sync, so it never runs beside another. Pass fabrics from
+    ``Fabric.objects.with_cluster()``; those without a cluster are ``not_applicable``."""
+    fabrics = list(fabrics)
+    outcome = enqueue_manual_syncs([f for f in fabrics if _cluster(f) is not None], now, SyncTrigger.COMPARE)
+    outcome.not_applicable = [f.name for f in fabrics if _cluster(f) is None]
+    return outcome
+
+
+def reconcile_now(fabrics: Iterable[Fabric], now: datetime) -> ManualSyncOutcome:
+    """ "Reconcile now": a compare that also applies Git's objects (and prunes, when
+    enabled and allowed), for fabrics whose cluster is in reconcile mode; the others
+    are ``not_applicable`` (observe mode never writes, whatever asks it to)."""
+    fabrics = list(fabrics)
+    chosen = [f for f in fabrics if (c := _cluster(f)) is not None and c.mode == ClusterMode.RECONCILE]
+    outcome = enqueue_manual_syncs(chosen, now, SyncTrigger.RECONCILE)
+    outcome.not_applicable = [f.name for f in fabrics if f not in chosen]
+    return outcome
+
+
+def _cluster(fabric: Fabric) -> FabricCluster | None:
+    try:
+        return fabric.cluster
+    except FabricCluster.DoesNotExist:
+        return None
+
+
+def confirm_prune(cluster: FabricCluster, user: str, now: datetime) -> bool:
+    """Confirm the prune the guard refused (``prune_pending``), once; False when none waits.
+
+    The next sync in reconcile mode deletes those objects, and only those: should it
+    find others to delete too, it refuses again and waits for a new confirmation
+    (``sync.live.prune``). Call ``reconcile_now`` to have it happen at once.
+    """
+    return bool(
+        FabricCluster.objects.filter(id=cluster.id, prune_refused_at__isnull=False, prune_refused_at__lte=now).update(
+            prune_confirmed_at=now, prune_confirmed_by=user[:150], updated_at=now
+        )
+    )
+
+
+def save_cluster_settings(cluster: FabricCluster, changed: Iterable[str], now: datetime) -> None:
+    """Save an operator's edit of an existing cluster row: the edited settings only.
+
+    The live state, the drift and the prune bookkeeping the sync writes meanwhile are
+    left alone. Settings that change what is read or compared make the fabric due now
+    (its next sync compares with them; the stored drift was computed for the old ones).
+    """
+    fields = set(changed) & CLUSTER_SETTINGS
+    if not fields:
+        return
+    cluster.save(update_fields=sorted(fields | {"updated_at"}))
+    Fabric.objects.filter(id=cluster.fabric_id).update(next_sync_at=now, updated_at=now)
 
 
 def set_sync_enabled(fabrics: QuerySet[Fabric], enabled: bool, now: datetime) -> int:
