@@ -4,7 +4,9 @@ Each fabric goes through the same lease as a scheduled sync (``claim_one`` then
 ``begin``), so a manual sync never runs beside a worker's sync of the same fabric:
 a fabric whose lease is held is reported as busy. Every attempt is recorded as a
 ``SyncRun`` with trigger "manual". The exit code is non-zero if any fabric failed
-or was busy, so scripts and cron jobs can rely on it.
+or was busy, so scripts and cron jobs can rely on it. The drift column shows a
+fabric's drift against its cluster after the sync ("-" without a cluster); drift does
+not change the exit code (``manage.py drift`` does that).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rich.text import Text
 from core.redaction import redact
 from sync import leases
 from sync.errors import SyncError
+from sync.live.describe import drift_summary
 from sync.models import Fabric, SyncTrigger
 from sync.runner import run_sync
 from sync.sources.git import RemoteUnavailable
@@ -35,6 +38,7 @@ BUSY = "busy"
 FAILED = "failed"
 SKIPPED = "skipped"
 STATUS_STYLES = {"success": "green", "unchanged": "green", FAILED: "bold red", BUSY: "yellow", SKIPPED: "yellow"}
+DRIFT_STYLES = {"in_sync": "green", "out_of_sync": "bold yellow", "unknown": "yellow"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class Row:
     resources: int | None = None
     duration_ms: int | None = None
     detail: str = ""
+    drift: str = ""  # a DriftStatus value; empty without a cluster (or without a result)
+    drift_counts: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,7 +61,7 @@ class Row:
         return self.status not in (FAILED, BUSY, SKIPPED)
 
 
-def sync_one(fabric: Fabric, worker: str) -> Row:
+def sync_one(fabric: Fabric, worker: str, trigger: SyncTrigger = SyncTrigger.MANUAL) -> Row:
     """Claim, begin and run one sync; never raises for a failure of the fabric itself.
 
     1. ``claim_one``: None means a sync is queued or running elsewhere (busy).
@@ -72,7 +78,7 @@ def sync_one(fabric: Fabric, worker: str) -> Row:
         if begun.outcome is not leases.BeginOutcome.STARTED:
             leases.release([fabric.id], token)
             return Row(fabric.name, BUSY, detail=f"lease {begun.outcome.value}")
-        result = run_sync(fabric.id, token, trigger=SyncTrigger.MANUAL.value, worker=worker)
+        result = run_sync(fabric.id, token, trigger=trigger.value, worker=worker)
     except RemoteUnavailable as exc:  # the remote's breaker is open: not the fabric's failure
         return Row(fabric.name, SKIPPED, duration_ms=_ms_since(started), detail=str(exc))
     except SyncError as exc:
@@ -80,7 +86,17 @@ def sync_one(fabric: Fabric, worker: str) -> Row:
     except Exception as exc:  # e.g. the database went away: report it, go on with the rest
         leases.release([fabric.id], token)  # only frees a claim that never started
         return Row(fabric.name, FAILED, detail=redact(f"{type(exc).__name__}: {exc}"))
-    return Row(fabric.name, result.status, result.commit[:10], result.resources, result.duration_ms)
+    detail = f"live state: {result.live_error}" if result.live_error else ""
+    return Row(
+        fabric.name,
+        result.status,
+        result.commit[:10],
+        result.resources,
+        result.duration_ms,
+        detail,
+        result.drift,
+        result.drift_counts,
+    )
 
 
 def _ms_since(started: float) -> int:
@@ -164,6 +180,7 @@ class Command(BaseCommand):
         table.add_column("commit")
         table.add_column("resources", justify="right")
         table.add_column("duration", justify="right")
+        table.add_column("drift")
         table.add_column("detail", overflow="fold")
         for row in rows:
             # Text(), not markup: names and error messages may contain "[...]".
@@ -173,6 +190,7 @@ class Command(BaseCommand):
                 row.commit or "-",
                 "-" if row.resources is None else str(row.resources),
                 "-" if row.duration_ms is None else f"{row.duration_ms / 1000:.2f} s",
+                Text(drift_summary(row.drift, row.drift_counts), style=DRIFT_STYLES.get(row.drift, "")),
                 Text(row.detail),
             )
         return table
