@@ -3,7 +3,10 @@
 - Component health: coloured status, how long it has held, failure run, whether
   healing gave up ("needs attention") or an operator parked it (maintenance), with
   its transitions and healing attempts inline. Actions: maintenance on/off, resume
-  healing after "needs attention".
+  healing after "needs attention". Judged when the page is read, not when the tick
+  last wrote: a component whose last check is older than two ticks shows *Stale* (a
+  stopped tick stops the sweeps too), and a stopped scheduler is recorded as UNHEALTHY
+  with its transition before the list is drawn.
 - Circuit breakers: the snapshot refreshed each tick, and which calls each one guards;
   actions force open, disable, reset and forget act on the live state in Redis and
   refresh the row.
@@ -20,14 +23,14 @@ from datetime import datetime
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
 from core.guards import guard_description
-from resilience import healing, snapshots
+from resilience import healing, snapshots, verdict
 from resilience.models import (
     CircuitBreakerState,
     ComponentHealth,
@@ -51,6 +54,7 @@ COLOURS: dict[str, str] = {
     HealingOutcome.NOT_HEALED: "#b45309",
     HealingOutcome.FAILED: "#b91c1c",
     HealingOutcome.RUNNING: "#2563eb",
+    verdict.STALE: "#6d28d9",
 }
 
 
@@ -93,6 +97,24 @@ class AttemptInline(ReadOnlyInline):
     ordering = ("-started_at",)
 
 
+class FreshnessFilter(admin.SimpleListFilter):
+    """Answers "which components has nothing checked lately?" (stale: no check for two ticks)."""
+
+    title = "freshness"
+    parameter_name = "freshness"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("stale", "Stale (no check for two ticks)"), ("fresh", "Checked lately")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ComponentHealth]) -> QuerySet[ComponentHealth]:
+        cutoff = timezone.now() - verdict.stale_after()
+        if self.value() == "stale":
+            return queryset.filter(last_checked_at__lt=cutoff)
+        if self.value() == "fresh":
+            return queryset.exclude(last_checked_at__lt=cutoff)
+        return queryset
+
+
 @admin.register(ComponentHealth)
 class ComponentHealthAdmin(admin.ModelAdmin):
     list_display = (
@@ -108,7 +130,7 @@ class ComponentHealthAdmin(admin.ModelAdmin):
         "checked",
         "last_message",
     )
-    list_filter = ("status", "component_type", "critical", "needs_attention", "in_maintenance")
+    list_filter = ("status", FreshnessFilter, "component_type", "critical", "needs_attention", "in_maintenance")
     search_fields = ("name", "last_message")
     ordering = ("status", "name")
     readonly_fields = (
@@ -135,8 +157,18 @@ class ComponentHealthAdmin(admin.ModelAdmin):
     inlines = (TransitionInline, AttemptInline)
     actions = ("start_maintenance", "end_maintenance", "resume_healing")
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, object] | None = None) -> HttpResponse:
+        verdict.notice_stale_scheduler()  # before the rows are read, so the list shows it
+        return super().changelist_view(request, extra_context)
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: ComponentHealth) -> SafeString:
+        if verdict.display_status(obj.status, obj.last_checked_at, timezone.now()) == verdict.STALE:
+            return format_html(
+                '{} <span title="no check for over two ticks">(last: {})</span>',
+                badge("Stale", verdict.STALE),
+                obj.get_status_display(),
+            )
         return badge(obj.get_status_display(), obj.status)
 
     @admin.display(description="since", ordering="status_since")

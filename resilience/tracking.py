@@ -7,6 +7,10 @@ attention" and the healing budget are written by operators and healing at the sa
 time, and a whole-row save would undo them. When the database itself is down its results cannot be written, so they
 wait in a Redis list and are replayed, in order, by the next recording that reaches
 the database: the outage then appears in the history with the times it happened.
+
+``record_outage`` is the one way a failure noticed outside a sweep (a stopped
+scheduler, seen at request time) becomes history: one conditional UPDATE decides which
+of many concurrent requests writes the transition.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from core.clients import redis_client
-from core.health import HealthCheckResult
+from core.health import ComponentType, HealthCheckResult
 from resilience.models import ComponentHealth, HealthStatus, HealthTransition
 
 logger = logging.getLogger(__name__)
@@ -175,6 +180,41 @@ def record_results(results: Iterable[HealthCheckResult]) -> list[ComponentHealth
         return []
     fresh_names = {r.component for r in fresh}
     return [row for row in updated if row.name in fresh_names]
+
+
+def record_outage(name: str, component_type: ComponentType, message: str, now: datetime, critical: bool) -> bool:
+    """Mark ``name`` UNHEALTHY now, recording the transition once; True when this call recorded it.
+
+    1. Read the component's status (creating its row if no sweep ever did).
+    2. Already UNHEALTHY: refresh its message and check time, no transition.
+    3. Otherwise one conditional UPDATE from exactly the status read: of many requests
+       noticing the same outage at once, only the one whose UPDATE matched writes the
+       ``HealthTransition``. The next sweep's results take over with the usual thresholds.
+    """
+    with transaction.atomic():
+        component, _ = ComponentHealth.objects.get_or_create(
+            name=name, defaults={"component_type": component_type, "critical": critical}
+        )
+        rows = ComponentHealth.objects.filter(pk=component.pk)
+        if component.status == HealthStatus.UNHEALTHY:
+            rows.filter(status=HealthStatus.UNHEALTHY).update(last_message=message, last_checked_at=now, updated_at=now)
+            return False
+        won = rows.filter(status=component.status).update(
+            status=HealthStatus.UNHEALTHY,
+            status_since=now,
+            consecutive_failures=F("consecutive_failures") + 1,
+            consecutive_successes=0,
+            last_message=message,
+            last_checked_at=now,
+            updated_at=now,
+        )
+        if not won:
+            return False
+        HealthTransition.objects.create(
+            component=component, from_status=component.status, to_status=HealthStatus.UNHEALTHY, message=message, at=now
+        )
+    logger.warning("health: %s %s -> %s (%s)", name, component.status, HealthStatus.UNHEALTHY, message)
+    return True
 
 
 def _take_pending() -> list[HealthCheckResult]:

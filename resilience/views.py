@@ -2,9 +2,13 @@
 
 - ``/health/live``: the process answers; nothing else is checked, so a broken
   dependency never gets a healthy web process restarted.
-- ``/health/ready``: this instance can serve: the database and the broker answer.
+- ``/health/ready``: this instance can serve: the database and the broker answer. Run
+  live on every request (two round trips; never the broadcast worker ping), as
+  readiness is this instance's own.
 - ``/health/``: every live check, plus what the sweeps found for the rest; 503 when
-  the system is UNHEALTHY (a critical component is), 200 otherwise.
+  the system is UNHEALTHY (a critical component is), 200 otherwise. Anonymous callers
+  get the verdict from a short shared cache (``resilience.verdict.cached_verdict``): a
+  burst of probes costs one sweep, and cannot starve the admin of web workers.
 
 Anyone gets the overall status and its HTTP code, which is all a load balancer needs.
 The components (names carry Git URLs and container names; messages carry hosts,
@@ -23,27 +27,33 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from core.health import HealthStatus
-from resilience.verdict import get_system_health
+from resilience.verdict import Verdict, as_body, cached_verdict, compute_verdict, get_system_health
 
 READY_CHECKS = ("database", "broker")
 
 
-def may_see_components(request: HttpRequest) -> bool:
+def _is_staff(request: HttpRequest) -> bool:
     user = getattr(request, "user", None)
-    if user is not None and user.is_active and user.is_staff:
-        return True
-    expected = settings.HEALTH_TOKEN
+    return bool(user is not None and user.is_active and user.is_staff)
+
+
+def _bearer_matches(request: HttpRequest, *expected: str) -> bool:
+    """A bearer token equal to one of ``expected`` (the empty ones never match), in constant time."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if not expected or scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not token.strip():
         return False
-    return hmac.compare_digest(token.strip().encode(), expected.encode())
+    given = token.strip().encode()
+    # Every configured token is compared, so the time taken does not tell which one matched.
+    matches = [hmac.compare_digest(given, value.encode()) for value in expected if value]
+    return any(matches)
 
 
-def _response(request: HttpRequest, names: tuple[str, ...] | None) -> JsonResponse:
-    health = get_system_health(names)
-    code = 503 if health.overall_status == HealthStatus.UNHEALTHY else 200
-    body = health.as_dict() if may_see_components(request) else {"status": str(health.overall_status)}
-    return JsonResponse(body, status=code)
+def may_see_components(request: HttpRequest) -> bool:
+    return _is_staff(request) or _bearer_matches(request, settings.HEALTH_TOKEN)
+
+
+def _code(status: HealthStatus) -> int:
+    return 503 if status == HealthStatus.UNHEALTHY else 200
 
 
 @never_cache
@@ -55,10 +65,16 @@ def live(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def ready(request: HttpRequest) -> JsonResponse:
-    return _response(request, READY_CHECKS)
+    health = get_system_health(READY_CHECKS)
+    body = as_body(health) if may_see_components(request) else {"status": str(health.overall_status)}
+    return JsonResponse(body, status=_code(health.overall_status))
 
 
 @never_cache
 @require_GET
 def full(request: HttpRequest) -> JsonResponse:
-    return _response(request, None)
+    # Staff and monitors asking for the detail get it computed now (and refresh the cache).
+    detail = may_see_components(request)
+    verdict: Verdict = compute_verdict() if detail else cached_verdict()
+    body = verdict.body if detail else {"status": str(verdict.status)}
+    return JsonResponse(body, status=_code(verdict.status))
