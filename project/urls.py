@@ -1,8 +1,10 @@
-"""URL routes: the admin at the root of ``/admin/``; later issues add ``/health/``."""
+"""URL routes: the admin at ``/admin/``, health at ``/health/``, Prometheus metrics at ``/metrics``."""
 
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
+
+from resilience.views import metrics
 
 admin.site.site_header = "Fabric control plane"
 admin.site.site_title = "Fabric control plane"
@@ -12,4 +14,5 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("health/", include("resilience.urls")),
+    path("metrics", metrics, name="metrics"),
 ]
