@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Case, Q, QuerySet, Value, When
 
 from core.redaction import redact
 from sync import leases
-from sync.models import ClusterMode, Fabric, FabricCluster, SyncStatus, SyncTrigger
+from sync.models import ClusterMode, DriftedObject, Fabric, FabricCluster, SyncStatus, SyncTrigger
 from sync.scheduling import next_sync_after_failure, next_sync_after_success
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,16 @@ def save_cluster_settings(cluster: FabricCluster, changed: Iterable[str], now: d
         return
     cluster.save(update_fields=sorted(fields | {"updated_at"}))
     Fabric.objects.filter(id=cluster.fabric_id).update(next_sync_at=now, updated_at=now)
+
+
+def disconnect_cluster(fabric: Fabric) -> bool:
+    """Remove a fabric's cluster connection and the drift found through it, together;
+    the fabric goes on Git-only. The token's credential stays (others may use it).
+    False when the fabric had no cluster."""
+    with transaction.atomic():
+        DriftedObject.objects.filter(fabric=fabric).delete()
+        deleted, _ = FabricCluster.objects.filter(fabric=fabric).delete()
+    return bool(deleted)
 
 
 def set_sync_enabled(fabrics: QuerySet[Fabric], enabled: bool, now: datetime) -> int:

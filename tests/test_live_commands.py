@@ -4,6 +4,7 @@ the per-cluster health check, against the real kube-apiserver."""
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -11,8 +12,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from sync.health import _cluster_results
-from sync.models import ClusterMode, DriftStatus, Fabric, FabricCluster, SyncRun, SyncTrigger
-from sync.operations import reconcile_now, save_cluster_settings
+from sync.models import ClusterMode, DriftedObject, DriftStatus, Fabric, FabricCluster, SyncRun, SyncTrigger
+from sync.operations import disconnect_cluster, reconcile_now, save_cluster_settings
 from tests.factories import make_fabric
 from tests.kube_api import in_namespace
 from tests.livefabric import VPC_API, forget_k8s_breakers, make_live_fabric, vpc  # noqa: F401
@@ -141,7 +142,7 @@ def test_saving_cluster_settings_writes_only_those_and_makes_the_fabric_due(live
     lf.sync()
     stale = lf.cluster  # loaded before the sync below writes its results
     lf.sync(trigger="compare")
-    Fabric.objects.filter(id=lf.fabric.id).update(next_sync_at=timezone.now() + timezone.timedelta(hours=1))
+    Fabric.objects.filter(id=lf.fabric.id).update(next_sync_at=timezone.now() + timedelta(hours=1))
 
     stale.mode = ClusterMode.RECONCILE
     stale.drift_status = DriftStatus.UNKNOWN  # a stale copy of a system field: must not be written back
@@ -152,6 +153,19 @@ def test_saving_cluster_settings_writes_only_those_and_makes_the_fabric_due(live
     assert fresh.mode == ClusterMode.RECONCILE
     assert fresh.drift_status == DriftStatus.OUT_OF_SYNC  # the missing VPC, as the sync wrote it
     assert Fabric.objects.get(id=lf.fabric.id).next_sync_at == now
+
+
+def test_disconnecting_a_cluster_forgets_its_drift_and_the_fabric_syncs_git_only(live_fabric):
+    lf = live_fabric([vpc("web")], name="east")
+    lf.sync()
+    assert DriftedObject.objects.filter(fabric=lf.fabric).count() == 1
+
+    assert disconnect_cluster(lf.fabric)
+
+    assert not FabricCluster.objects.filter(fabric=lf.fabric).exists()
+    assert not DriftedObject.objects.filter(fabric=lf.fabric).exists()
+    assert lf.sync().live == ""
+    assert not disconnect_cluster(lf.fabric)
 
 
 # --- health -------------------------------------------------------------------------------------------
