@@ -132,26 +132,26 @@ def _live_step(
     cluster: FabricCluster, desired: Documents, source: tuple[str, ...], trigger: str, now: datetime
 ) -> LiveOutcome:
     forced = trigger in FORCED_TRIGGERS
-    client: KubeClient | None = None
     try:
         config = config_of(cluster)
         client = client_for(cluster)
-        live = read_live(
-            client,
-            config.kinds,
-            config.namespaces,
-            cluster.live_state or None,
-            now=now.timestamp(),
-            relist_after=0.0 if forced else RELIST_AFTER,
-        )
-    except ClusterUnavailable as exc:
-        return _failed(str(exc), _latency(client) if client else {}, LiveStatus.UNREACHABLE)
-    except KubeError as exc:
-        return _failed(str(exc), _latency(client) if client else {})
-    try:
+    except KubeError as exc:  # settings, credential or CA bundle: nothing was sent
+        return _failed(str(exc), {})
+    with client:
+        try:
+            live = read_live(
+                client,
+                config.kinds,
+                config.namespaces,
+                cluster.live_state or None,
+                now=now.timestamp(),
+                relist_after=0.0 if forced else RELIST_AFTER,
+            )
+        except ClusterUnavailable as exc:
+            return _failed(str(exc), _latency(client), LiveStatus.UNREACHABLE)
+        except KubeError as exc:
+            return _failed(str(exc), _latency(client))
         return _after_read(cluster, config, client, live, desired, source, forced, trigger, now)
-    finally:
-        client.close()
 
 
 def _after_read(
