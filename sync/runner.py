@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -161,17 +162,9 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
         and fabric.consecutive_failures == 0
     )
     cluster = cluster_of(fabric)
-    live: LiveOutcome | None = None
     if unchanged:
         counts = ResourceCounts(total=fabric.resources.count())
-        if cluster is not None:
-            live = run_live_step(
-                cluster,
-                desired=stored_documents(fabric.id),
-                source=(commit, fingerprint),
-                trigger=run.trigger,
-                now=clock(),
-            )
+        live = _live_step(cluster, stored_documents(fabric.id), commit, fingerprint, run, clock)
         _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.UNCHANGED, clock, live)
     else:
         commit = source.fetch()
@@ -179,14 +172,7 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
             commit, fabric.git_path, settings.SYNC_MAX_MANIFEST_BYTES, settings.SYNC_MAX_MANIFESTS
         )
         parsed = parse_manifests(source.read_blobs(tree))
-        if cluster is not None:
-            live = run_live_step(
-                cluster,
-                desired=lambda: [p.spec for p in parsed],
-                source=(commit, fingerprint),
-                trigger=run.trigger,
-                now=clock(),
-            )
+        live = _live_step(cluster, lambda: [p.spec for p in parsed], commit, fingerprint, run, clock)
         with transaction.atomic():
             counts = replace_resources(fabric, parsed)
             _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.SUCCESS, clock, live)
@@ -201,6 +187,20 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
             drift_counts=live.drift_counts,
         )
     return result
+
+
+def _live_step(
+    cluster: FabricCluster | None,
+    desired: Callable[[], list[dict[str, Any]]],
+    commit: str,
+    fingerprint: str,
+    run: SyncRun,
+    clock: Clock,
+) -> LiveOutcome | None:
+    """Step 4 of ``run_sync`` for a fabric with a cluster; None without one."""
+    if cluster is None:
+        return None
+    return run_live_step(cluster, desired=desired, source=(commit, fingerprint), trigger=run.trigger, now=clock())
 
 
 def cluster_of(fabric: Fabric) -> FabricCluster | None:
