@@ -8,4 +8,4 @@ class ProjectConfig(AppConfig):
     verbose_name = "Control plane"
 
     def ready(self) -> None:
-        from project import checks, schedule  # noqa: F401  (registers checks and signals)
+        from project import checks, prometheus, schedule  # noqa: F401  (registers checks, signals, metrics)

@@ -238,6 +238,7 @@ HEALTH_CONTAINER_LABEL = env_str("HEALTH_CONTAINER_LABEL", "fcp.health.managed")
 # (celery worker -Q health -P threads -c 16) so a sweep lasts as long as its slowest check.
 HEALTH_QUEUE = env_str("HEALTH_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
 HEALTH_TOKEN = env_str("HEALTH_TOKEN", "")  # Bearer token that shows monitors /health/ components
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")  # bearer token for Prometheus scrapes of /metrics (else HEALTH_TOKEN)
 # The service name the response-time middleware records this process's requests under.
 SCALING_RESPONSE_TIME_SERVICE = env_str("SCALING_RESPONSE_TIME_SERVICE", "backend")
 # Shared breaker state lives under this key prefix in REDIS_URL.

@@ -9,4 +9,4 @@ class ResilienceConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the tick step, the built-in health checks, heal actions and system checks.
-        from resilience import checks, dispatch, heal_actions, probes  # noqa: F401
+        from resilience import checks, dispatch, heal_actions, probes, prometheus  # noqa: F401

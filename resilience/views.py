@@ -10,7 +10,7 @@
   get the verdict from a short shared cache (``resilience.verdict.cached_verdict``): a
   burst of probes costs one sweep, and cannot starve the admin of web workers.
 - ``/metrics``: Prometheus text format, computed at scrape time from the database and
-  Redis (``resilience.metrics``), so every web process and host answers the same.
+  Redis (``core.metrics``), so every web process and host answers the same.
 
 Anyone gets the overall status and its HTTP code, which is all a load balancer needs.
 The components (names carry Git URLs and container names; messages carry hosts,
@@ -92,7 +92,7 @@ def full(request: HttpRequest) -> JsonResponse:
 def metrics(request: HttpRequest) -> HttpResponse:
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-    from resilience.metrics import ControlPlaneCollector
+    from core.metrics import ControlPlaneCollector
 
     if not may_read_metrics(request):
         if getattr(request, "user", None) is not None and request.user.is_authenticated:

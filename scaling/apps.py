@@ -9,4 +9,4 @@ class ScalingConfig(AppConfig):
 
     def ready(self) -> None:
         # The tick step, the publish-time header for queue latency, and system checks.
-        from scaling import checks, dispatch, signals  # noqa: F401
+        from scaling import checks, dispatch, prometheus, signals  # noqa: F401
