@@ -50,8 +50,9 @@ def test_a_real_worker_compares_the_cluster_and_never_shows_the_token(
     assert cluster.drift_status == DriftStatus.OUT_OF_SYNC
     row = DriftedObject.objects.get(fabric=lf.fabric)
     assert (row.name, row.diff[0]["desired"], row.diff[0]["live"]) == ("vpc-web", 1001, 4000)
+    # The task result, as the worker logs it once the task has returned (after the run was stored).
+    wait_for(lambda: "'drift': 'out_of_sync'" in worker.log_path.read_text(errors="replace"), message=worker.log())
     log = worker.log_path.read_text(errors="replace")  # all of it
-    assert "'drift': 'out_of_sync'" in log  # the task result, as the worker logged it
     assert token not in log
     assert token[:16] not in log
     # The worker's calls with the token: reads, and the health sweep's access reviews (which write nothing).
