@@ -27,6 +27,7 @@ from core.redaction import redact
 from sync.errors import SyncError
 from sync.live.client import ClusterUnavailable, KubeError
 from sync.live.cluster import client_for, config_of
+from sync.live.state import reading_pool
 from sync.models import ClusterMode, Fabric, FabricCluster, SyncStatus
 from sync.sources.git import GitSource, RemoteUnavailable
 
@@ -122,8 +123,9 @@ def _cluster_results() -> list[HealthCheckResult]:
         .defer("live_state")
         .order_by("fabric__name")[:MAX_CLUSTERS]
     )
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(clusters)))) as pool:
-        return list(pool.map(_probe_cluster, clusters))
+    # The live reader's long-lived threads: a fresh thread per probe and sweep would open
+    # (and count for good) a new breaker connection to Redis each time (core.breaker_redis).
+    return list(reading_pool().map(_probe_cluster, clusters))
 
 
 def _probe_cluster(cluster: FabricCluster) -> HealthCheckResult:
