@@ -72,7 +72,12 @@ class RedisChannel:
         wire = self._wire
         if wire.connection is None or wire.pid != os.getpid():
             # A forked child must not share its parent's socket: open our own.
-            wire.connection = self.pool.make_connection()
+            # Built from the pool's settings but not counted by it: pool.make_connection()
+            # counts against max_connections and is never given back, so a process that
+            # ran ~100 short-lived threads would find the pool exhausted and every breaker
+            # silently on its per-process fallback. A dead thread's connection goes with
+            # its thread-local (closed when collected).
+            wire.connection = self.pool.connection_class(**self.pool.connection_kwargs)
             wire.pid = os.getpid()
             wire.pending = []
         return wire.connection

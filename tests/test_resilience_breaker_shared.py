@@ -432,3 +432,19 @@ def test_eight_processes_at_an_open_breaker_send_only_the_permitted_trials_but_p
     # then reports each failed trial as CircuitBreakerError, after calling through).
     assert hits == 8
     assert len(outcomes) == 8
+
+
+def test_a_breaker_stays_shared_after_hundreds_of_short_lived_threads() -> None:
+    """Each thread gets its own connection; they must not exhaust a pool and push every
+    breaker of the process onto its per-process fallback."""
+    breaker = CircuitBreaker(unique("threads"), fast_config())
+
+    def one_call() -> None:
+        breaker.call(lambda: None)
+
+    for _ in range(150):
+        thread = threading.Thread(target=one_call)
+        thread.start()
+        thread.join()
+    assert not breaker.fallback_active
+    assert breaker.metrics.backend == "redis"
