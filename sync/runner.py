@@ -235,7 +235,7 @@ def _commit_success(
         won = Fabric.objects.filter(id=fabric.id, lease_token=token, sync_status=SyncStatus.SYNCING).update(
             sync_status=SyncStatus.IN_SYNC,
             last_sync=finished,
-            next_sync_at=next_sync_after_success(finished, fabric.sync_interval),
+            next_sync_at=next_sync_after_success(finished, fabric.sync_interval, due_at=fabric.next_sync_at),
             consecutive_failures=0,
             # The Git result stands; a live failure is still what an operator should see.
             last_error=live.fabric_error if live is not None else "",

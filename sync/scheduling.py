@@ -29,8 +29,24 @@ def fabric_needs_sync(fabric: Fabric, now: datetime) -> bool:
     return fabric.next_sync_at <= now
 
 
-def next_sync_after_success(finished_at: datetime, sync_interval: int) -> datetime:
-    return finished_at + timedelta(seconds=sync_interval)
+def next_sync_after_success(finished_at: datetime, sync_interval: int, due_at: datetime | None = None) -> datetime:
+    """When a fabric that synced successfully is due again.
+
+    Anchored to when it was *due*, not when the sync finished: a sync always finishes
+    after the tick that claimed it, so "finish + interval" made every fabric miss one
+    tick (a 60 s interval synced every 120 s). So:
+
+    1. Without a due time, or when it was synced before it was due (an operator's
+       "Sync now"): one interval after it finished.
+    2. Otherwise the first point of its schedule (due, due + interval, ...) after it
+       finished: one interval after it was due, or later if the sync (or a backlog)
+       took longer than an interval, without piling up missed syncs.
+    """
+    interval = timedelta(seconds=sync_interval)
+    if due_at is None or due_at > finished_at or sync_interval <= 0:
+        return finished_at + interval
+    missed = int((finished_at - due_at) / interval)
+    return due_at + interval * (missed + 1)
 
 
 def failure_backoff_seconds(consecutive_failures: int, sync_interval: int, cap: int) -> int:

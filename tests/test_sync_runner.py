@@ -31,6 +31,7 @@ def test_a_first_sync_stores_every_resource_and_the_commit(git_repo):
     repo = git_repo()
     commit = repo.with_switches(3)
     fabric = make_fabric(repo.url)
+    due_at = fabric.next_sync_at
     result = sync_now(fabric)
     fabric.refresh_from_db()
     assert (result.counts.created, result.counts.total) == (3, 3)
@@ -39,7 +40,8 @@ def test_a_first_sync_stores_every_resource_and_the_commit(git_repo):
     assert fabric.lease_token == ""
     assert fabric.lease_expires_at is None
     assert fabric.last_sync is not None
-    assert fabric.next_sync_at == fabric.last_sync + timedelta(seconds=300)
+    # One interval after it was due, not after it finished: the schedule keeps its period.
+    assert fabric.next_sync_at == due_at + timedelta(seconds=300)
     assert sorted(fabric.resources.values_list("name", flat=True)) == ["leaf0", "leaf1", "leaf2"]
     run = SyncRun.objects.get(fabric=fabric)
     assert (run.status, run.commit, run.resources_created) == (RunStatus.SUCCESS, commit, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -99,3 +100,38 @@ def test_suspension_happens_at_the_configured_number_of_failures():
     assert not should_suspend(9, 10)
     assert should_suspend(10, 10)
     assert not should_suspend(1000, 0)  # 0 disables suspension
+
+
+def test_the_next_sync_is_one_interval_after_it_was_due_not_after_it_finished():
+    """A sync finishes after the tick that claimed it; counting from the finish made a
+    60 s fabric sync every 120 s (issue 10, item 5)."""
+    assert next_sync_after_success(T0 + timedelta(seconds=7), 60, due_at=T0) == T0 + timedelta(seconds=60)
+
+
+def test_a_sync_that_took_longer_than_an_interval_skips_to_the_next_point_of_its_schedule():
+    finished = T0 + timedelta(seconds=130)
+    assert next_sync_after_success(finished, 60, due_at=T0) == T0 + timedelta(seconds=180)
+    assert next_sync_after_success(T0 + timedelta(seconds=120), 60, due_at=T0) == T0 + timedelta(seconds=180)
+
+
+def test_a_sync_before_it_was_due_counts_its_interval_from_the_finish():
+    """An operator's "Sync now" ahead of schedule: the fabric is fresh, so a full interval."""
+    finished = T0
+    assert next_sync_after_success(finished, 300, due_at=T0 + timedelta(seconds=200)) == T0 + timedelta(seconds=300)
+    assert next_sync_after_success(finished, 300) == T0 + timedelta(seconds=300)
+
+
+def test_the_effective_period_over_many_ticks_equals_the_interval():
+    """Simulated ticks every 60 s, each sync finishing 1-20 s after its tick: a 60 s
+    fabric syncs at every tick and a 300 s fabric every fifth."""
+    rng = random.Random(7)
+    for interval, expected_period in ((60, 60), (300, 300)):
+        due, syncs = T0, []
+        for tick in range(0, 3600, 60):
+            now = T0 + timedelta(seconds=tick)
+            if due <= now:
+                finished = now + timedelta(seconds=rng.uniform(1, 20))
+                syncs.append(now)
+                due = next_sync_after_success(finished, interval, due_at=due)
+        periods = {(b - a).total_seconds() for a, b in pairwise(syncs)}
+        assert periods == {expected_period}
