@@ -7,21 +7,37 @@ page (counts and "failing since" are annotations, not per-row queries).
 
 Git URLs are shown only through ``Fabric.safe_git_url``: credentials embedded in a
 URL never reach a list, a message or the change form (see ``FabricForm``).
+
+A fabric with a Kubernetes cluster also shows its drift (a badge beside the sync
+status, a filter, the diff on its page) and offers "Compare now", "Reconcile now" and
+"Confirm prune"; that side lives in ``sync.admin_drift``.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest, QueryDict
+from django.forms.models import BaseInlineFormSet, BaseModelFormSet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseBase,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    QueryDict,
+)
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -31,7 +47,16 @@ from django.utils.timesince import timesince, timeuntil
 from core.audit import audit
 from core.redaction import MASK, redact, redact_url
 from sync import operations
-from sync.models import Fabric, Resource, RunStatus, SyncRun, SyncStatus
+from sync.admin_drift import (
+    DriftFilter,
+    FabricClusterInline,
+    cluster_of,
+    drift_badge,
+    drift_context,
+    pending_prune,
+    refusal_stamp,
+)
+from sync.models import ClusterMode, Fabric, FabricCluster, FabricQuerySet, Resource, RunStatus, SyncRun, SyncStatus
 
 RECENT_RUNS = 10
 ERROR_CHARS = 80
@@ -221,8 +246,30 @@ class SyncRunDisplay:
     def error(self, run: SyncRun) -> SafeString | str:
         return truncated(f"{run.error_class}: {run.error_message}" if run.error_class else run.error_message)
 
+    @admin.display(description="cluster", ordering="live_status")
+    def live(self, run: SyncRun) -> SafeString | str:
+        """What the run's live step did (a fabric with a cluster), its error on hover."""
+        if not run.live_status:
+            return DASH
+        parts = [run.get_live_status_display()]
+        if run.live_applied:
+            parts.append(f"applied {run.live_applied}")
+        if run.live_pruned:
+            parts.append(f"pruned {run.live_pruned}")
+        return format_html('<span title="{}">{}</span>', redact(run.live_error), ", ".join(parts))
 
-RUN_INLINE_FIELDS = ("started_at", "trigger", "status_badge", "attempt", "duration", "commit_short", "changes", "error")
+
+RUN_INLINE_FIELDS = (
+    "started_at",
+    "trigger",
+    "status_badge",
+    "attempt",
+    "duration",
+    "commit_short",
+    "changes",
+    "live",
+    "error",
+)
 
 
 class SyncRunInline(SyncRunDisplay, admin.TabularInline):
@@ -264,6 +311,7 @@ class FabricAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "status",
+        "drift",
         "failing_since",
         "last_success",
         "next_due",
@@ -273,7 +321,7 @@ class FabricAdmin(admin.ModelAdmin):
         "last_error_short",
         "source",
     ]
-    list_filter = ["sync_status", "sync_enabled", HealthFilter]
+    list_filter = ["sync_status", DriftFilter, "sync_enabled", HealthFilter]
     # Only the name: a search on a field that could hold a secret lets a viewer guess it character by character.
     search_fields = ["name"]
     readonly_fields = [*STATE_FIELDS, *LEASE_FIELDS]
@@ -284,9 +332,19 @@ class FabricAdmin(admin.ModelAdmin):
         ("State (written by the system)", {"fields": STATE_FIELDS}),
         ("Lease", {"fields": LEASE_FIELDS, "classes": ["collapse"]}),
     ]
-    inlines = [SyncRunInline]
-    actions = ["sync_now", "enable_sync", "disable_sync", "reset_failures"]
+    # The cluster is rendered first, then the drift, then the runs (change_form.html).
+    inlines = [SyncRunInline, FabricClusterInline]
+    actions = [
+        "sync_now",
+        "compare_now",
+        "reconcile_now",
+        "confirm_prune",
+        "enable_sync",
+        "disable_sync",
+        "reset_failures",
+    ]
     list_per_page = 100
+    change_form_template = "admin/sync/fabric/change_form.html"
 
     def get_fieldsets(self, request: HttpRequest, obj: Fabric | None = None) -> Any:
         fieldsets = super().get_fieldsets(request, obj)
@@ -308,10 +366,9 @@ class FabricAdmin(admin.ModelAdmin):
             .order_by("started_at")
             .values("started_at")[:1]
         )
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(resource_total=Count("resources"), first_failure_at=Subquery(first_failure))
+        fabrics = cast(FabricQuerySet, super().get_queryset(request))
+        return fabrics.with_cluster().annotate(  # the drift badge: the cluster row in the same query
+            resource_total=Count("resources"), first_failure_at=Subquery(first_failure)
         )
 
     # --- Columns ---
@@ -322,6 +379,10 @@ class FabricAdmin(admin.ModelAdmin):
         if not fabric.sync_enabled:
             label = f"{label} (disabled)"
         return badge(label, STATUS_COLOURS.get(fabric.sync_status, "#6b7280"), redact(fabric.last_error))
+
+    @admin.display(description="drift", ordering="cluster__drift_status")
+    def drift(self, fabric: Fabric) -> SafeString | str:
+        return drift_badge(cluster_of(fabric), timezone.now())
 
     @admin.display(description="failing since", ordering="first_failure_at")
     def failing_since(self, fabric: Fabric) -> str:
@@ -364,6 +425,58 @@ class FabricAdmin(admin.ModelAdmin):
             where = f"{where} : {fabric.git_path}"
         return format_html("<code>{}</code>", where)
 
+    # --- The change page: drift and operation buttons ---
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Fabric | None = None,
+    ) -> HttpResponse:
+        if obj is not None and obj.pk:
+            context["drift"] = drift_context(obj, timezone.now())
+            context["fabric_operations"] = self.operations_for(request, obj)
+            context["operate_url"] = reverse("admin:sync_fabric_operate", args=[obj.pk])
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def operations_for(self, request: HttpRequest, fabric: Fabric) -> list[tuple[str, str, str]]:
+        """The buttons on the fabric page: (operation, label, what it does)."""
+        if not self.has_change_permission(request, fabric):
+            return []
+        buttons = [("sync", "Sync now", "Read Git now (and compare the cluster, if the fabric has one)")]
+        cluster = cluster_of(fabric)
+        if cluster is not None:
+            buttons.append(("compare", "Compare now", "Re-read the whole cluster and recompute the drift"))
+            if cluster.mode == ClusterMode.RECONCILE:
+                buttons.append(("reconcile", "Reconcile now", "Apply Git's objects to the cluster now"))
+            if cluster.prune_refused:
+                buttons.append(("prune", "Confirm prune", "Review and confirm the deletions the prune guard refused"))
+        return buttons
+
+    def get_urls(self) -> list[URLPattern]:
+        operate = path(
+            "<path:object_id>/operate/", self.admin_site.admin_view(self.operate_view), name="sync_fabric_operate"
+        )
+        return [operate, *super().get_urls()]
+
+    def operate_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        """A button on the fabric page: the same action as in the list, for this fabric, then back to its page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        fabric = self.get_object(request, unquote(object_id))
+        if fabric is None:
+            raise Http404("No such fabric.")
+        if not self.has_change_permission(request, fabric):
+            raise PermissionDenied
+        action = OPERATIONS.get(request.POST.get("op", ""))
+        if action is None:
+            return HttpResponseBadRequest("Unknown operation.")
+        response = getattr(self, action)(request, Fabric.objects.filter(pk=fabric.pk))
+        return response or HttpResponseRedirect(reverse("admin:sync_fabric_change", args=[fabric.pk]))
+
     # --- Saving: the edited columns only ---
 
     def save_model(self, request: HttpRequest, obj: Fabric, form: forms.ModelForm, change: bool) -> None:
@@ -373,6 +486,12 @@ class FabricAdmin(admin.ModelAdmin):
         # A whole-row save would write back state a worker changed since the form
         # was loaded (a lease, a sync result); see sync.operations.
         operations.save_settings(obj, form.changed_data, timezone.now())
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not FabricCluster:
+            super().save_formset(request, form, formset, change)
+            return
+        save_cluster_formset(formset, form.instance, timezone.now())
 
     # --- Actions ---
 
@@ -395,6 +514,123 @@ class FabricAdmin(admin.ModelAdmin):
                 f"Could not enqueue {_fabrics(len(outcome.failed))} ({outcome.error}); nothing was claimed.",
                 messages.ERROR,
             )
+
+    @admin.action(description="Compare now (re-read the cluster)", permissions=["change"])
+    def compare_now(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
+        fabrics = list(_with_cluster(queryset))
+        outcome = operations.compare_now(fabrics, timezone.now())
+        self._report_live(request, fabrics, outcome, "Compare now", "no Kubernetes cluster")
+
+    @admin.action(description="Reconcile now (apply Git to the cluster)", permissions=["change"])
+    def reconcile_now(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
+        fabrics = list(_with_cluster(queryset))
+        outcome = operations.reconcile_now(fabrics, timezone.now())
+        self._report_live(
+            request, fabrics, outcome, "Reconcile now", "no cluster, or a cluster in observe mode (which never writes)"
+        )
+
+    def _report_live(
+        self,
+        request: HttpRequest,
+        fabrics: list[Fabric],
+        outcome: operations.ManualSyncOutcome,
+        what: str,
+        not_applicable: str,
+    ) -> None:
+        tried = set(outcome.enqueued) | set(outcome.busy) | set(outcome.failed)
+        parts = [f"{len(outcome.enqueued)} enqueued", f"{len(outcome.busy)} busy"]
+        if outcome.failed:
+            parts.append(f"{len(outcome.failed)} not enqueued")
+        audit(request, [f for f in fabrics if f.name in tried], f"{what}: {', '.join(parts)}")
+        if outcome.enqueued:
+            self.message_user(
+                request,
+                f"{what}: enqueued {_fabrics(len(outcome.enqueued))} ({', '.join(outcome.enqueued)}); "
+                "the result shows on the fabric page when the run finishes.",
+                messages.SUCCESS,
+            )
+        if outcome.busy:
+            self.message_user(
+                request,
+                f"Skipped {_fabrics(len(outcome.busy))} because a sync was already running: {', '.join(outcome.busy)}.",
+                messages.WARNING,
+            )
+        if outcome.failed:
+            self.message_user(
+                request,
+                f"Could not enqueue {_fabrics(len(outcome.failed))} ({outcome.error}); nothing was claimed.",
+                messages.ERROR,
+            )
+        if outcome.not_applicable:
+            self.message_user(
+                request,
+                f"Left {_fabrics(len(outcome.not_applicable))} alone, with {not_applicable}: "
+                f"{', '.join(outcome.not_applicable)}.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Confirm the refused prune", permissions=["change"])
+    def confirm_prune(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> TemplateResponse | None:
+        """Show the objects the prune guard refused to delete; on "yes", confirm and reconcile.
+
+        A confirmation counts only for the refusal the operator saw (its time is posted
+        back): a newer refusal, of other objects, needs a new look.
+        """
+        waiting = [f for f in _with_cluster(queryset) if (c := cluster_of(f)) is not None and c.prune_refused]
+        if not waiting:
+            self.message_user(request, "No prune waits for a confirmation among the selected fabrics.", messages.INFO)
+            return None
+        if request.POST.get("post") != "yes":
+            return self._confirm_prune_page(request, waiting)
+        seen = dict(entry.partition("|")[::2] for entry in request.POST.getlist("refusal"))
+        now = timezone.now()
+        confirmed: list[Fabric] = []
+        moved: list[str] = []
+        for fabric in waiting:
+            cluster = fabric.cluster
+            if seen.get(str(fabric.pk)) != refusal_stamp(cluster):
+                moved.append(fabric.name)
+            elif operations.confirm_prune(cluster, request.user.get_username(), now):
+                audit(request, [fabric], f"Confirmed the refused prune of {len(pending_prune(cluster))} objects")
+                confirmed.append(fabric)
+        if moved:
+            self.message_user(
+                request,
+                f"The refused prune of {', '.join(moved)} changed since you looked: nothing confirmed there; "
+                "review it again.",
+                messages.WARNING,
+            )
+        if confirmed:
+            self.message_user(
+                request,
+                f"Confirmed the prune of {_fabrics(len(confirmed))}: the next reconcile deletes those objects, once.",
+                messages.SUCCESS,
+            )
+            outcome = operations.reconcile_now(confirmed, now)
+            self._report_live(request, confirmed, outcome, "Reconcile now", "a cluster in observe mode")
+        return None
+
+    def _confirm_prune_page(self, request: HttpRequest, fabrics: list[Fabric]) -> TemplateResponse:
+        refused = [
+            {
+                "fabric": f,
+                "reason": redact(f.cluster.prune_refused),
+                "pending": pending_prune(f.cluster)[:PRUNE_SHOWN],
+                "more": max(len(pending_prune(f.cluster)) - PRUNE_SHOWN, 0),
+                "stamp": refusal_stamp(f.cluster),
+            }
+            for f in fabrics
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Confirm the refused prune",
+            "opts": self.opts,
+            "refused": refused,
+            "back_url": reverse("admin:sync_fabric_change", args=[fabrics[0].pk])
+            if len(fabrics) == 1
+            else reverse("admin:sync_fabric_changelist"),
+        }
+        return TemplateResponse(request, "admin/sync/fabric/confirm_prune.html", context)
 
     @admin.action(description="Enable sync", permissions=["change"])
     def enable_sync(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:
@@ -421,6 +657,38 @@ class FabricAdmin(admin.ModelAdmin):
                 f"Left {_fabrics(untouched)} alone: no failures to reset, or a sync is running.",
                 messages.INFO,
             )
+
+
+# The buttons on the fabric page and the action each runs.
+OPERATIONS = {"sync": "sync_now", "compare": "compare_now", "reconcile": "reconcile_now", "prune": "confirm_prune"}
+PRUNE_SHOWN = 500  # pending objects listed per fabric on the confirmation page
+
+
+def save_cluster_formset(formset: BaseModelFormSet, fabric: Fabric, now: datetime) -> None:
+    """Save the cluster inline the way ``sync.operations`` wants it: a new connection as a
+    new row, an edit as its changed settings only, a removal as ``disconnect_cluster``.
+    Fills the formset's ``new_objects`` / ``changed_objects`` / ``deleted_objects``, which
+    the admin's change message (the fabric's history) reads."""
+    formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+    for form in formset.forms:
+        cluster = form.instance
+        if form in formset.deleted_forms:
+            if cluster.pk and operations.disconnect_cluster(fabric):
+                formset.deleted_objects.append(cluster)
+        elif cluster.pk is None:
+            if form.has_changed():
+                cluster = formset.save_new(form)
+                # Same columns again, but this also makes the fabric due now: the first compare comes at once.
+                operations.save_cluster_settings(cluster, form.changed_data, now)
+                formset.new_objects.append(cluster)
+        elif form.changed_data:
+            operations.save_cluster_settings(cluster, form.changed_data, now)
+            formset.changed_objects.append((cluster, form.changed_data))
+
+
+def _with_cluster(queryset: QuerySet[Fabric]) -> QuerySet[Fabric]:
+    """The selection with each fabric's cluster row (not its stored live objects)."""
+    return Fabric.objects.with_cluster().filter(pk__in=queryset.values("pk"))
 
 
 def _plain(queryset: QuerySet[Fabric]) -> QuerySet[Fabric]:
@@ -462,10 +730,11 @@ class SyncRunAdmin(SyncRunDisplay, ReadOnlyAdmin):
         "duration",
         "commit_short",
         "changes",
+        "live",
         "error",
         "worker",
     ]
-    list_filter = ["status", "trigger", ("fabric", admin.RelatedOnlyFieldListFilter)]
+    list_filter = ["status", "trigger", "live_status", ("fabric", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["fabric"]
     search_fields = ["fabric__name", "error_class", "error_message", "commit"]
     date_hierarchy = "started_at"
