@@ -77,7 +77,8 @@ def claim_due(now: datetime) -> Claim:
         lease_token=token,
         lease_expires_at=now + timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS),
         lease_owner="",
-        lease_deliveries=0,
+        # lease_deliveries is kept: it counts worker deaths until the fabric's next
+        # outcome (see reap_expired), whichever path re-dispatched it.
     )
     ids = list(Fabric.objects.filter(lease_token=token).order_by("next_sync_at").values_list("id", flat=True))
     return Claim(token, ids, due)
@@ -94,7 +95,6 @@ def claim_one(fabric_id: int, now: datetime) -> str | None:
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS),
             lease_owner="",
-            lease_deliveries=0,
         )
     )
     return token if won else None
@@ -195,8 +195,12 @@ def reap_expired(now: datetime) -> dict[str, int]:
     """Release every expired lease so nothing stays QUEUED or SYNCING forever.
 
     1. Runs still RUNNING under an expired SYNCING lease are marked LOST.
-    2. Those fabrics count a failure and become due at once (the sync is redone in
-       this very tick), or SUSPENDED once the failure limit is reached.
+    2. Those fabrics count a failure and a worker death (``lease_deliveries``, which
+       claims keep, so the poison-message guard holds whichever path re-dispatches).
+       Below ``SYNC_MAX_DELIVERIES`` deaths they become due at once (the sync is redone
+       in this very tick), or SUSPENDED once the failure limit is reached. At the
+       limit the guard gives up: ERROR "gave up after N deliveries …", the longest
+       failure backoff (``SYNC_FAILURE_BACKOFF_MAX``), and the count starts again.
     3. Expired QUEUED claims (the message was never consumed) go back to their
        previous status without counting a failure; the next due tick re-dispatches
        them with a new token, and the stale message is dropped on arrival.
@@ -207,18 +211,35 @@ def reap_expired(now: datetime) -> dict[str, int]:
     )
     limit = settings.SYNC_SUSPEND_AFTER_FAILURES
     reaches_limit = Q(consecutive_failures__gte=limit - 1) if limit > 0 else Q(pk__in=[])
+    # This death is the last one the poison-message guard allows (begin's GAVE_UP path
+    # when a redelivery wins the race; this one when the reaper does).
+    deliveries = settings.SYNC_MAX_DELIVERIES
+    gives_up = Q(lease_deliveries__gte=deliveries - 1)
+    gave_up = f"gave up after {deliveries} deliveries whose worker died mid-sync (poison message?)"
     syncing = expired_syncing.update(
         sync_status=Case(When(reaches_limit, then=Value(SyncStatus.SUSPENDED)), default=Value(SyncStatus.ERROR)),
         consecutive_failures=F("consecutive_failures") + 1,
         # Same wording as sync.runner.record_failure, so a suspension always says why.
         last_error=Case(
             When(
+                reaches_limit & gives_up,
+                then=Value(f"Suspended after {limit} or more consecutive failures; last: {gave_up}"),
+            ),
+            When(
                 reaches_limit,
                 then=Value(f"Suspended after {limit} or more consecutive failures; last: {LOST_MESSAGE}"),
             ),
+            When(gives_up, then=Value(gave_up)),
             default=Value(LOST_MESSAGE),
         ),
-        next_sync_at=now,
+        # A sync that keeps killing its worker waits the longest failure backoff; any
+        # other lost sync is redone in this very tick. (One UPDATE for both keeps the
+        # tick's query count constant.)
+        next_sync_at=Case(
+            When(gives_up, then=Value(now + timedelta(seconds=settings.SYNC_FAILURE_BACKOFF_MAX))),
+            default=Value(now),
+        ),
+        lease_deliveries=Case(When(gives_up, then=Value(0)), default=F("lease_deliveries") + 1),
         lease_token="",
         lease_expires_at=None,
         lease_owner="",

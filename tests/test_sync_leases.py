@@ -183,3 +183,31 @@ def test_reaping_the_last_allowed_failure_suspends_the_fabric_and_says_why(setti
     assert fabric.sync_status == SyncStatus.SUSPENDED
     assert fabric.consecutive_failures == 3
     assert fabric.last_error.startswith("Suspended after 3 or more consecutive failures; last: Sync did not finish")
+
+
+@pytest.mark.django_db
+def test_the_poison_guard_gives_up_with_backoff_when_the_reaper_redispatches_a_dying_sync(settings):
+    """Issue 10, item 6: the reaper used to win the race against the HELD redelivery, and
+    the next claim reset the death count, so a sync that kills its worker was retried
+    until suspension (10 failures) instead of giving up after SYNC_MAX_DELIVERIES."""
+    settings.SYNC_LEASE_SECONDS = 60
+    settings.SYNC_MAX_DELIVERIES = 3
+    settings.SYNC_SUSPEND_AFTER_FAILURES = 10
+    now = timezone.now()
+    fabric = make_fabric(now=now, sync_interval=300)
+    for death in range(1, 4):
+        claim = leases.claim_due(now)
+        assert claim.fabric_ids == [fabric.id], f"death {death}: the fabric should be due again"
+        assert leases.begin(fabric.id, claim.token, now, f"w{death}").outcome is BeginOutcome.STARTED
+        now += timedelta(seconds=61)  # the worker died: its lease expires
+        leases.reap_expired(now)
+        fabric.refresh_from_db()
+        if death < 3:
+            assert fabric.lease_deliveries == death
+            assert fabric.next_sync_at <= now  # redone at once
+    assert fabric.sync_status == SyncStatus.ERROR
+    assert fabric.last_error == "gave up after 3 deliveries whose worker died mid-sync (poison message?)"
+    assert fabric.consecutive_failures == 3
+    assert fabric.next_sync_at >= now + timedelta(seconds=2400)  # the failure backoff, not "due now"
+    assert fabric.lease_deliveries == 0
+    assert not leases.claim_due(now).fabric_ids
