@@ -1,7 +1,10 @@
 """``make run``: the whole control plane in the foreground; Ctrl-C stops it all.
 
 1. Migrate the database, collect static files, and bootstrap (admin user, demo
-   fabric backed by a real local Git repository, the master beat entry).
+   fabric backed by a real local Git repository, the master beat entry). With
+   ``DEMO_CLUSTER=1`` and a cached kube-apiserver, first start the demo fabric's own
+   private cluster, seeded with one out-of-band change (``scripts/demo_cluster.py``),
+   and let bootstrap connect the demo fabric to it; without, no cluster is needed.
 2. Start, under one honcho process manager: the embedded Valkey broker (only when
    ``CELERY_BROKER_URL`` is not set), a Celery worker, a threads-pool worker for
    health checks, Celery Beat with django-celery-beat's DatabaseScheduler, and
@@ -18,6 +21,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from honcho.manager import Manager
 
@@ -25,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
-def manage(*args: str) -> None:
-    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, check=True)
+def manage(*args: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, check=True, env=env)
 
 
 def port_in_use(port: int) -> bool:
@@ -72,8 +76,30 @@ def main() -> int:
 
     manage("migrate", "--noinput", "-v", "0")
     manage("collectstatic", "--noinput", "-v", "0")
-    manage("bootstrap")
+    demo: Any = None
+    said = ""
+    if os.environ.get("DEMO_CLUSTER") == "1":
+        # Imported only when asked for: it brings the test harness (and its dependencies) along.
+        from demo_cluster import start_if_wanted
 
+        demo, said = start_if_wanted(var_dir, True)
+    try:
+        if said and demo is None:  # why there is none; a running one is announced with the admin URL
+            print(said, flush=True)
+        env = dict(os.environ)
+        if demo is not None:
+            env["DEMO_CLUSTER_FILE"] = str(demo.connection_file)
+        manage("bootstrap", env=env)
+        if demo is not None:
+            demo.forget_connection()  # the token is stored encrypted now
+        return serve(processes, web_host, web_port, demo_server=demo.server if demo else "")
+    finally:
+        if demo is not None:
+            demo.stop()
+
+
+def serve(processes: dict[str, str], web_host: str, web_port: int, demo_server: str = "") -> int:
+    """Run the long-lived processes under one honcho manager until one stops or Ctrl-C."""
     concurrency = os.environ.get("WORKER_CONCURRENCY", "2")
     processes["worker"] = f"{PYTHON} -m celery -A project worker --loglevel INFO --concurrency {concurrency}"
     # Health checks wait on I/O: a threads pool runs a whole sweep at once, so a sweep
@@ -92,7 +118,10 @@ def main() -> int:
         "--workers 2 --access-logfile - --graceful-timeout 5"
     )
 
-    print(f"\n  Admin: http://{web_host}:{web_port}/admin/   (Ctrl-C stops everything)\n", flush=True)
+    print(f"\n  Admin: http://{web_host}:{web_port}/admin/   (Ctrl-C stops everything)", flush=True)
+    if demo_server:
+        print(f"  Demo cluster: {demo_server} (the demo fabric shows its drift after the first tick)", flush=True)
+    print(flush=True)
     manager = Manager()
     for name, command in processes.items():
         manager.add_process(name, command, env=dict(os.environ), cwd=str(ROOT))

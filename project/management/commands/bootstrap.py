@@ -7,13 +7,19 @@
    ``VAR_DIR/repos/demo-fabric``, committed on branch ``main``. An existing one is
    left alone: operators try the product by committing to it.
 3. The fabric "demo", syncing from that repository's ``manifests`` folder.
-4. The master scheduler's beat entry.
+4. With ``DEMO_CLUSTER_FILE`` (written by ``scripts/demo_cluster.py`` under
+   ``DEMO_CLUSTER=1 make run``): the demo fabric connected to that private cluster,
+   in observe mode, its token in the credential "demo-cluster". Without it, a demo
+   connection left from an earlier run (its cluster is gone) is removed; a cluster an
+   operator connected the demo fabric to is left alone.
+5. The master scheduler's beat entry.
 
 Every step says what it did, so running it twice is safe and shows "exists".
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -26,9 +32,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
+from core.models import Credential
 from project.schedule import TICK_SECONDS, ensure_master_schedule
-from sync.models import Fabric
+from sync import operations
+from sync.models import ClusterMode, Fabric, FabricCluster
 
 DEMO_SOURCE = Path(__file__).resolve().parents[3] / "sync" / "demo_manifests"
 DEMO_FABRIC = "demo"
@@ -42,6 +51,10 @@ GIT_IDENTITY = [
     "-c",
     "commit.gpgsign=false",
 ]
+
+
+DEMO_CREDENTIAL = "demo-cluster"
+DEMO_NAMESPACES = ["default"]
 
 
 def demo_repo_path() -> Path:
@@ -128,6 +141,56 @@ def ensure_demo_fabric(repo: Path) -> Fabric | None:
     return fabric
 
 
+def read_demo_connection(path: str | None) -> dict[str, str] | None:
+    """The demo cluster's server, CA and token from ``DEMO_CLUSTER_FILE``, or None."""
+    if not path:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+        return {key: str(data[key]) for key in ("server", "ca", "token")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise CommandError(f"cannot read the demo cluster's connection from {path}: {type(exc).__name__}") from None
+
+
+def ensure_demo_cluster(connection: dict[str, str] | None) -> str:
+    """Connect the demo fabric to the demo cluster (or drop a stale demo connection); says what it did.
+
+    Only the connection (URL, CA, token) is set on an existing row: an operator who
+    switched the demo to reconcile mode or added ignore rules keeps them. The settings go
+    through ``sync.operations.save_cluster_settings``, which makes the fabric due now.
+    """
+    fabric = Fabric.objects.filter(name=DEMO_FABRIC).first()
+    if fabric is None:
+        return "no demo fabric: no demo cluster connection"
+    cluster = FabricCluster.objects.defer("live_state").select_related("token").filter(fabric=fabric).first()
+    ours = cluster is not None and cluster.token.name == DEMO_CREDENTIAL
+    if connection is None:
+        if ours:
+            operations.disconnect_cluster(fabric)
+            return f"fabric '{DEMO_FABRIC}' disconnected from the demo cluster of an earlier run (Git only now)"
+        return "no demo cluster (DEMO_CLUSTER=1 make run starts one)"
+    if cluster is not None and not ours:
+        return f"fabric '{DEMO_FABRIC}' has a cluster of its own: left alone"
+    now = timezone.now()
+    credential = Credential.objects.filter(name=DEMO_CREDENTIAL).first() or Credential(
+        name=DEMO_CREDENTIAL, description="The token of the demo cluster `DEMO_CLUSTER=1 make run` starts."
+    )
+    credential.kind = Credential.Kind.BEARER_TOKEN
+    credential.set_secret(connection["token"], now)
+    credential.save()
+    settings_ = {"server_url": connection["server"], "ca_bundle": connection["ca"], "token": credential}
+    if cluster is None:
+        cluster = FabricCluster(fabric=fabric, namespaces=DEMO_NAMESPACES, mode=ClusterMode.OBSERVE, **settings_)
+        cluster.full_clean()
+        cluster.save()
+    else:
+        for name, value in settings_.items():
+            setattr(cluster, name, value)
+        cluster.full_clean(exclude=["live_state"])
+    operations.save_cluster_settings(cluster, settings_, now)
+    return f"fabric '{DEMO_FABRIC}' connected to the demo cluster at {connection['server']} (observe mode)"
+
+
 class Command(BaseCommand):
     help = "Create the admin user, the demo Git repository and fabric, and the master schedule (idempotent)."
 
@@ -136,6 +199,7 @@ class Command(BaseCommand):
         repo = demo_repo_path()
         self.demo_repo(repo)
         self.demo_fabric(repo)
+        self.say(ensure_demo_cluster(read_demo_connection(os.environ.get("DEMO_CLUSTER_FILE"))))
         if ensure_master_schedule():
             self.say(f"master schedule created: a tick every {TICK_SECONDS} s")
         else:
