@@ -139,7 +139,8 @@ def _probe_cluster(cluster: FabricCluster) -> HealthCheckResult:
     started = timezone.now()
     verbs = list(READ_VERBS)
     if cluster.mode == ClusterMode.RECONCILE:
-        verbs.append("patch")
+        # Server-side apply is a PATCH, and creating a missing object through it needs create.
+        verbs += ["patch", "create"]
         if cluster.prune_enabled:
             verbs.append("delete")
     details: dict[str, object] = {"fabric": cluster.fabric.name, "mode": cluster.mode, "server": cluster.server_url}
