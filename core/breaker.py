@@ -23,7 +23,7 @@ and its Lua scripts in ``core.breaker_redis``. When Redis cannot be reached
 the breaker keeps protecting the caller with a per-process breaker (never failing
 open silently): ``metrics.backend`` says ``local-fallback``, ``fallback_events``
 counts the switches, and one warning is logged per switch. Redis is tried again
-every ``BREAKER_REDIS_RETRY_SECONDS``.
+every ``REDIS_RETRY_SECONDS`` (5 s).
 """
 
 from __future__ import annotations
