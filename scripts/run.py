@@ -9,8 +9,9 @@
    ``CELERY_BROKER_URL`` is not set), a Celery worker, a threads-pool worker for
    health checks, Celery Beat with django-celery-beat's DatabaseScheduler, and
    gunicorn serving the admin.
-3. Print the admin URL. If any process dies, honcho stops the others, so the system
-   is never half up without anyone noticing.
+3. Print the admin URL. Every process runs under ``scripts/supervise.py``, which
+   restarts it with backoff when it exits (a worker hit by kombu's Redis-transport bug
+   after a broker restart comes back on its own); Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def serve(processes: dict[str, str], web_host: str, web_port: int, demo_server: 
         print(f"  Demo cluster: {demo_server} (the demo fabric shows its drift after the first tick)", flush=True)
     print(flush=True)
     manager = Manager()
+    supervise = ROOT / "scripts" / "supervise.py"
     for name, command in processes.items():
-        manager.add_process(name, command, env=dict(os.environ), cwd=str(ROOT))
+        supervised = f"{PYTHON} {supervise} --name {name} -- {command}"
+        manager.add_process(name, supervised, env=dict(os.environ), cwd=str(ROOT))
     manager.loop()
     return int(manager.returncode or 0)
 
