@@ -116,6 +116,21 @@ class CircuitBreakerOpenError(Exception):
         when = f"trial calls from {retry_at.isoformat()}" if retry_at else "no trial calls until an operator resets it"
         super().__init__(f"circuit breaker {name!r} is {state.value}: {when}")
 
+    @property
+    def forced(self) -> bool:
+        """An operator holds the breaker open: it says nothing about the dependency."""
+        return self.state is State.FORCED_OPEN
+
+    def reason(self) -> str:
+        """Why the call was refused, for an operator: "breaker open until <time>"."""
+        until = self.retry_at.isoformat(timespec="seconds") if self.retry_at else ""
+        if self.state is State.FORCED_OPEN:
+            return "breaker forced open by an operator"
+        if self.state is State.HALF_OPEN and until:
+            return f"breaker half-open, its trial calls are under way until {until}"
+        name = self.state.value.replace("_", "-")
+        return f"breaker {name} until {until}" if until else f"breaker {name}"
+
 
 @dataclass(frozen=True)
 class BreakerMetrics:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from core.breaker import CircuitBreakerOpenError
-from core.breaker_core import State
 
 
 class KubeError(Exception):
@@ -70,14 +69,4 @@ class ClusterUnavailable(KubeError):
 
     @classmethod
     def from_rejection(cls, rejection: CircuitBreakerOpenError) -> ClusterUnavailable:
-        state, retry_at = rejection.state, rejection.retry_at
-        until = retry_at.isoformat(timespec="seconds") if retry_at else ""
-        if state is State.FORCED_OPEN:
-            why = "breaker forced open by an operator"
-        elif state is State.HALF_OPEN and until:
-            why = f"breaker half-open, its trial calls are under way until {until}"
-        elif until:
-            why = f"breaker {state.value.replace('_', '-')} until {until}"
-        else:
-            why = f"breaker {state.value.replace('_', '-')}"
-        return cls(f"cluster unreachable ({why})", retry_at, forced=state is State.FORCED_OPEN)
+        return cls(f"cluster unreachable ({rejection.reason()})", rejection.retry_at, forced=rejection.forced)

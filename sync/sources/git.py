@@ -36,7 +36,7 @@ from django.core.exceptions import ValidationError
 
 from core import guards
 from core.breaker import CircuitBreaker, CircuitBreakerOpenError, Permit, default_config
-from core.breaker_core import BreakerConfig, State
+from core.breaker_core import BreakerConfig
 from core.redaction import redact
 from sync.errors import PermanentSyncError, SyncError, TransientSyncError
 from sync.manifests import decode_path
@@ -72,17 +72,7 @@ class RemoteUnavailable(SyncError):
 
     @classmethod
     def from_rejection(cls, rejection: CircuitBreakerOpenError) -> RemoteUnavailable:
-        state, retry_at = rejection.state, rejection.retry_at
-        until = retry_at.isoformat(timespec="seconds") if retry_at else ""
-        if state is State.FORCED_OPEN:
-            why = "breaker forced open by an operator"
-        elif state is State.HALF_OPEN and until:
-            why = f"breaker half-open, its trial calls are under way until {until}"
-        elif until:
-            why = f"breaker {state.value.replace('_', '-')} until {until}"
-        else:
-            why = f"breaker {state.value.replace('_', '-')}"
-        return cls(f"remote unavailable ({why})", retry_at, forced=state is State.FORCED_OPEN)
+        return cls(f"remote unavailable ({rejection.reason()})", rejection.retry_at, forced=rejection.forced)
 
 
 @dataclass(frozen=True)
