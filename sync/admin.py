@@ -37,7 +37,7 @@ from core.audit import audit
 from core.redaction import MASK, redact, redact_url
 from sync import operations
 from sync.admin_drift import DriftFilter, FabricClusterInline, cluster_of, drift_badge
-from sync.admin_operations import FabricOperationsAdmin, count_fabrics
+from sync.admin_operations import FabricOperationsAdmin, count_fabrics, report_not_enqueued
 from sync.models import Fabric, FabricQuerySet, Resource, RunStatus, SyncRun, SyncStatus
 
 RECENT_RUNS = 10
@@ -426,19 +426,7 @@ class FabricAdmin(FabricOperationsAdmin):
         audit(request, selected, f"Sync now: {len(outcome.enqueued)} enqueued, {len(outcome.busy)} busy")
         if outcome.enqueued:
             self.message_user(request, f"Enqueued {count_fabrics(len(outcome.enqueued))} for sync.", messages.SUCCESS)
-        if outcome.busy:
-            self.message_user(
-                request,
-                f"Skipped {count_fabrics(len(outcome.busy))} because a sync was already running: "
-                f"{', '.join(outcome.busy)}.",
-                messages.WARNING,
-            )
-        if outcome.failed:
-            self.message_user(
-                request,
-                f"Could not enqueue {count_fabrics(len(outcome.failed))} ({outcome.error}); nothing was claimed.",
-                messages.ERROR,
-            )
+        report_not_enqueued(self, request, outcome)
 
     @admin.action(description="Enable sync", permissions=["change"])
     def enable_sync(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> None:

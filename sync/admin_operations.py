@@ -72,6 +72,25 @@ def count_fabrics(count: int) -> str:
     return f"{count} fabric{'' if count == 1 else 's'}"
 
 
+def report_not_enqueued(
+    model_admin: admin.ModelAdmin[Fabric], request: HttpRequest, outcome: operations.ManualSyncOutcome
+) -> None:
+    """Tell the operator which selected fabrics a manual sync left alone, and why."""
+    if outcome.busy:
+        model_admin.message_user(
+            request,
+            f"Skipped {count_fabrics(len(outcome.busy))} because a sync was already running: "
+            f"{', '.join(outcome.busy)}.",
+            messages.WARNING,
+        )
+    if outcome.failed:
+        model_admin.message_user(
+            request,
+            f"Could not enqueue {count_fabrics(len(outcome.failed))} ({outcome.error}); nothing was claimed.",
+            messages.ERROR,
+        )
+
+
 class FabricOperationsAdmin(admin.ModelAdmin):
     """The cluster operations of the fabric admin (see the module docstring)."""
 
@@ -169,19 +188,7 @@ class FabricOperationsAdmin(admin.ModelAdmin):
                 "the result shows on the fabric page when the run finishes.",
                 messages.SUCCESS,
             )
-        if outcome.busy:
-            self.message_user(
-                request,
-                f"Skipped {count_fabrics(len(outcome.busy))} because a sync was already running: "
-                f"{', '.join(outcome.busy)}.",
-                messages.WARNING,
-            )
-        if outcome.failed:
-            self.message_user(
-                request,
-                f"Could not enqueue {count_fabrics(len(outcome.failed))} ({outcome.error}); nothing was claimed.",
-                messages.ERROR,
-            )
+        report_not_enqueued(self, request, outcome)
         if outcome.not_applicable:
             self.message_user(
                 request,
