@@ -1,0 +1,57 @@
+"""What must hold after every fault, read from the database (call inside ``stack.orm()``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import Q
+from django.utils import timezone
+
+from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
+
+SYNCED = (RunStatus.SUCCESS, RunStatus.UNCHANGED)
+
+
+def overlapping_runs() -> list[tuple[int, int, int]]:
+    """(fabric, run, run) for every two runs of one fabric whose lifetimes overlap.
+
+    A run's lifetime is started_at until finished_at (now while running). Two syncs of
+    one fabric at once would show here, whatever their outcome.
+    """
+    now = timezone.now()
+    overlaps = []
+    runs = SyncRun.objects.order_by("fabric_id", "started_at").values_list(
+        "fabric_id", "id", "started_at", "finished_at"
+    )
+    last: dict[int, tuple[int, datetime]] = {}
+    for fabric_id, run_id, started, finished in runs:
+        previous = last.get(fabric_id)
+        if previous is not None and started < previous[1]:
+            overlaps.append((fabric_id, previous[0], run_id))
+        end = finished or now
+        if previous is None or end > previous[1]:
+            last[fabric_id] = (run_id, end)
+    return overlaps
+
+
+def stuck_fabrics() -> list[str]:
+    """Fabrics QUEUED or SYNCING whose lease ran out: nobody will finish them."""
+    now = timezone.now()
+    return list(
+        Fabric.objects.filter(sync_status__in=[SyncStatus.QUEUED, SyncStatus.SYNCING])
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+        .values_list("name", flat=True)
+    )
+
+
+def not_synced_since(since: datetime) -> list[str]:
+    """Fabrics with no successful run that started at or after ``since``."""
+    synced = SyncRun.objects.filter(status__in=SYNCED, started_at__gte=since).values("fabric_id")
+    return list(Fabric.objects.exclude(id__in=synced).values_list("name", flat=True))
+
+
+def assert_healthy_history() -> None:
+    overlaps = overlapping_runs()
+    assert not overlaps, f"fabrics synced twice at once (fabric, run, run): {overlaps}"
+    stuck = stuck_fabrics()
+    assert not stuck, f"fabrics stuck QUEUED/SYNCING with an expired lease: {stuck}"
