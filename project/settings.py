@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from kombu import Exchange, Queue
 
 from core.env import env_bool, env_int, env_list, env_str
 from sync.conf import SYNC_HARD_TIME_LIMIT as _SYNC_HARD_TIME_LIMIT
@@ -188,9 +189,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message at a time per process: a sync can take minutes, and prefetched
 # messages would wait behind it instead of going to an idle worker.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# After a broker connection drop, late-acked messages come back; cancel the running
-# copies instead of running them twice.
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# After a broker connection drop, let running tasks finish. Celery's alternative
+# (cancelling them) exists so a late-acked message that comes back is not run twice;
+# here the sync lease already makes a redelivery harmless (it finds its claim gone or
+# held and drops or waits), while a cancelled sync costs a whole lease (issue 10).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_SOFT_TIME_LIMIT = _SYNC_SOFT_TIME_LIMIT
 CELERY_TASK_TIME_LIMIT = _SYNC_HARD_TIME_LIMIT
 # Redelivery of unacked messages happens after this; it must exceed the lease and any
@@ -210,6 +213,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_TRACK_STARTED = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_DEFAULT_QUEUE = "celery"
+# One queue per concern, so the tick never waits behind a backlog of syncs and each
+# concern can get workers of its own (deploy/compose.yaml). A worker started without
+# --queues consumes all of them, so a single plain `celery worker` still runs everything.
+CELERY_TASK_ROUTES = {
+    "project.master_scheduler": {"queue": "tick"},
+    "sync.*": {"queue": "sync"},
+    "scaling.*": {"queue": "scaling"},
+}
 # The pool-restart heal action needs it.
 CELERY_WORKER_POOL_RESTARTS = True
 # The beat entry lives in the database (django-celery-beat), so operators see and
@@ -237,6 +248,11 @@ HEALTH_CONTAINER_LABEL = env_str("HEALTH_CONTAINER_LABEL", "fcp.health.managed")
 # Checks wait on I/O: point this at a queue served by a threads-pool worker
 # (celery worker -Q health -P threads -c 16) so a sweep lasts as long as its slowest check.
 HEALTH_QUEUE = env_str("HEALTH_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
+# Every queue a task may be routed to; a worker without --queues consumes them all.
+CELERY_TASK_QUEUES = [
+    Queue(name, Exchange(name), routing_key=name)
+    for name in dict.fromkeys([CELERY_TASK_DEFAULT_QUEUE, "tick", "sync", "scaling", "health", HEALTH_QUEUE])
+]
 HEALTH_TOKEN = env_str("HEALTH_TOKEN", "")  # Bearer token that shows monitors /health/ components
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")  # bearer token for Prometheus scrapes of /metrics (else HEALTH_TOKEN)
 # The service name the response-time middleware records this process's requests under.

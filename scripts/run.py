@@ -6,7 +6,8 @@
    private cluster, seeded with one out-of-band change (``scripts/demo_cluster.py``),
    and let bootstrap connect the demo fabric to it; without, no cluster is needed.
 2. Start, under one honcho process manager: the embedded Valkey broker (only when
-   ``CELERY_BROKER_URL`` is not set), a Celery worker, a threads-pool worker for
+   ``CELERY_BROKER_URL`` is not set), a Celery worker (queues celery, sync,
+   scaling), a one-process worker for the tick's own queue, a threads-pool worker for
    health checks, Celery Beat with django-celery-beat's DatabaseScheduler, and
    gunicorn serving the admin.
 3. Print the admin URL. Every process runs under ``scripts/supervise.py``, which
@@ -102,7 +103,14 @@ def main() -> int:
 def serve(processes: dict[str, str], web_host: str, web_port: int, demo_server: str = "") -> int:
     """Run the long-lived processes under one honcho manager until one stops or Ctrl-C."""
     concurrency = os.environ.get("WORKER_CONCURRENCY", "2")
-    processes["worker"] = f"{PYTHON} -m celery -A project worker --loglevel INFO --concurrency {concurrency}"
+    processes["worker"] = (
+        f"{PYTHON} -m celery -A project worker --loglevel INFO --concurrency {concurrency} --queues celery,sync,scaling"
+    )
+    # The tick has a queue and a process of its own, so it starts on time however many
+    # syncs wait (the queues are declared in project/settings.py, CELERY_TASK_ROUTES).
+    processes["tick"] = (
+        f"{PYTHON} -m celery -A project worker --loglevel INFO --concurrency 1 --queues tick --hostname tick@%h"
+    )
     # Health checks wait on I/O: a threads pool runs a whole sweep at once, so a sweep
     # lasts as long as its slowest check instead of queueing behind two processes.
     os.environ.setdefault("HEALTH_QUEUE", "health")

@@ -17,7 +17,7 @@ from django.conf import settings
 
 from core.tick import tick_step
 from project.celery_app import app
-from sync import leases
+from sync import claim_markers, leases
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ def publish(fabric_ids: list[int], token: str, trigger: str) -> int:
 def dispatch_due_fabrics(now: datetime) -> dict[str, int]:
     """Steps 1-4 of a tick for fabrics (see ``sync.leases`` for the queries)."""
     reaped = leases.reap_expired(now)
+    # Claims whose messages the broker lost (restart without persistence, flush) are
+    # released here, so this very claim re-dispatches them (sync.claim_markers).
+    lost = leases.release_lost(claim_markers.lost(leases.queued_tokens(now)))
     claim = leases.claim_due(now)
     dispatched = publish(claim.fabric_ids, claim.token, "schedule") if claim.fabric_ids else 0
-    return {"fabrics_due": claim.due, "fabrics_dispatched": dispatched, **reaped}
+    return {"fabrics_due": claim.due, "fabrics_dispatched": dispatched, "claims_lost_by_broker": lost, **reaped}

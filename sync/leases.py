@@ -18,6 +18,7 @@ Lifecycle::
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -25,6 +26,7 @@ from enum import Enum
 from django.conf import settings
 from django.db.models import Case, F, PositiveSmallIntegerField, Q, QuerySet, Value, When
 
+from sync import claim_markers
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
 
 LOST_MESSAGE = "Sync did not finish within its lease: the worker running it died or was killed."
@@ -60,18 +62,25 @@ class Claim:
     due: int
 
 
-def claim_due(now: datetime) -> Claim:
+BeforeClaim = Callable[[str, float], None]
+
+
+def claim_due(now: datetime, before_claim: BeforeClaim = claim_markers.mark) -> Claim:
     """Claim every due fabric for one tick, in a constant number of queries.
 
     1. Count the due fabrics (for the tick's metrics).
-    2. One conditional UPDATE stamps a fresh tick token on every row that is still
+    2. ``before_claim(token, lease_seconds)`` marks the claim in the broker
+       (``sync.claim_markers``); if the broker is down it raises and nothing is
+       claimed (nothing could be published either).
+    3. One conditional UPDATE stamps a fresh tick token on every row that is still
        due and unleased at that instant; rows another tick won are skipped.
-    3. Read back the ids carrying our token: exactly the rows we won.
+    4. Read back the ids carrying our token: exactly the rows we won.
     """
     token = new_token()
     due = due_fabrics(now).count()
     if due == 0:
         return Claim(token, [], 0)
+    before_claim(token, settings.SYNC_QUEUE_LEASE_SECONDS)
     due_fabrics(now).update(
         sync_status=SyncStatus.QUEUED,
         lease_token=token,
@@ -84,9 +93,10 @@ def claim_due(now: datetime) -> Claim:
     return Claim(token, ids, due)
 
 
-def claim_one(fabric_id: int, now: datetime) -> str | None:
+def claim_one(fabric_id: int, now: datetime, before_claim: BeforeClaim = claim_markers.mark) -> str | None:
     """Claim one fabric for a manual sync, due or not. None if its lease is held."""
     token = new_token()
+    before_claim(token, settings.SYNC_QUEUE_LEASE_SECONDS)
     won = (
         Fabric.objects.filter(id=fabric_id)
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
@@ -107,6 +117,28 @@ def release(fabric_ids: list[int], token: str) -> int:
     )
 
 
+def queued_tokens(now: datetime) -> list[str]:
+    """The distinct tokens of claims waiting QUEUED under an unexpired lease."""
+    return list(
+        Fabric.objects.filter(sync_status=SyncStatus.QUEUED, lease_expires_at__gt=now)
+        .values_list("lease_token", flat=True)
+        .distinct()
+    )
+
+
+def release_lost(tokens: set[str]) -> int:
+    """Release QUEUED claims whose messages the broker lost, so this tick re-dispatches them.
+
+    Only claims still QUEUED: one a worker began in the meantime (SYNCING) was not
+    lost. No failure is counted; the broker lost the work, not the fabric.
+    """
+    if not tokens:
+        return 0
+    return Fabric.objects.filter(lease_token__in=tokens, sync_status=SyncStatus.QUEUED).update(
+        sync_status=_status_without_lease(), lease_token="", lease_expires_at=None, lease_owner=""
+    )
+
+
 class BeginOutcome(Enum):
     STARTED = "started"
     SUPERSEDED = "superseded"  # our token is gone: a newer claim or a reaper took over
@@ -121,20 +153,30 @@ class Begin:
     deliveries: int = 0
 
 
-def begin(fabric_id: int, token: str, now: datetime, worker: str) -> Begin:
+INTERRUPTED_MESSAGE = "Interrupted: the database became unavailable mid-sync; resumed once it was back."
+
+
+def begin(fabric_id: int, token: str, now: datetime, worker: str, resume_from: str = "") -> Begin:
     """Move a claimed fabric to SYNCING under our token, with the full sync lease.
 
     A QUEUED claim starts normally. A SYNCING claim whose lease expired means the
     previous delivery died (SIGKILL, OOM); we take over and count the delivery.
     A SYNCING claim whose lease is still held may still be running: we must not run
-    beside it, so the caller waits until the lease would expire.
+    beside it, so the caller waits until the lease would expire. The one exception is
+    ``resume_from``: the attempt that held it was interrupted by a database outage and
+    is over (its own handler sent this retry), so we take its lease over at once,
+    counting no death, and close its run as interrupted rather than lost.
     """
     lease_until = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
+    resumed = Q(sync_status=SyncStatus.SYNCING, lease_owner=resume_from) if resume_from else Q(pk__in=[])
     won = (
         Fabric.objects.filter(id=fabric_id, lease_token=token)
-        .filter(Q(sync_status=SyncStatus.QUEUED) | Q(sync_status=SyncStatus.SYNCING, lease_expires_at__lte=now))
+        .filter(
+            Q(sync_status=SyncStatus.QUEUED) | Q(sync_status=SyncStatus.SYNCING, lease_expires_at__lte=now) | resumed
+        )
         .update(
             lease_deliveries=Case(
+                When(resumed, then=F("lease_deliveries")),
                 When(sync_status=SyncStatus.SYNCING, then=F("lease_deliveries") + 1),
                 default=F("lease_deliveries"),
                 output_field=PositiveSmallIntegerField(),
@@ -152,11 +194,16 @@ def begin(fabric_id: int, token: str, now: datetime, worker: str) -> Begin:
         expires = row["lease_expires_at"]
         wait = (expires - now).total_seconds() + 1 if expires else 1.0
         return Begin(BeginOutcome.HELD, retry_in=max(wait, 1.0))
-    # We hold the lease exclusively now, so any run still marked RUNNING belongs to a
-    # delivery that died; close it so run history never shows two at once.
-    SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING).update(
-        status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE
-    )
+    # We hold the lease exclusively now, so any run still marked RUNNING belongs to an
+    # earlier attempt: interrupted by the outage we resume from, or a delivery that
+    # died. Close it so run history never shows two at once.
+    running = SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING)
+    if resume_from:
+        running.filter(worker=resume_from[:200]).update(
+            status=RunStatus.RETRYING, finished_at=now, error_class="DatabaseUnavailable",
+            error_message=INTERRUPTED_MESSAGE,
+        )  # fmt: skip
+    running.update(status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE)
     if row["lease_deliveries"] >= settings.SYNC_MAX_DELIVERIES:
         return Begin(BeginOutcome.GAVE_UP, deliveries=row["lease_deliveries"])
     return Begin(BeginOutcome.STARTED, deliveries=row["lease_deliveries"])

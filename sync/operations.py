@@ -72,7 +72,13 @@ def enqueue_manual_syncs(
         if outcome.failed:
             outcome.failed.append(fabric.name)
             continue
-        token = leases.claim_one(fabric.id, now)
+        try:
+            token = leases.claim_one(fabric.id, now)
+        except Exception as exc:  # the broker is down: it cannot take the message either
+            outcome.error = redact(f"{type(exc).__name__}: {exc}")
+            outcome.failed.append(fabric.name)
+            logger.exception("could not mark a manual sync of fabric %s in the broker", fabric.name)
+            continue
         if token is None:
             outcome.busy.append(fabric.name)
             continue
