@@ -2,10 +2,18 @@
 
 ``TransientSyncError``: the network, the database or the broker hiccuped; retrying
 soon may succeed, so the task retries with backoff (bounded).
+``DatabaseUnavailable``: the database itself is unreachable; the delivery waits for
+it and resumes, counting nothing against the fabric.
 ``PermanentSyncError``: the input is wrong (bad YAML, missing branch, rejected
 credentials); retrying cannot help, so the sync fails at once with a message an
 operator can act on.
 """
+
+
+class DatabaseUnavailable(Exception):
+    """The database went away mid-sync. Not a ``SyncError``: it is the system's failure,
+    not the fabric's, so nothing is counted against the fabric and the task resumes its
+    lease once the database is back (``sync.tasks``)."""
 
 
 class SyncError(Exception):

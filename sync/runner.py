@@ -21,14 +21,14 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from core.credentials import CredentialError, git_credential_env
 from core.redaction import redact
 from sync import leases
-from sync.errors import PermanentSyncError, SyncError, TransientSyncError
+from sync.errors import DatabaseUnavailable, PermanentSyncError, SyncError, TransientSyncError
 from sync.live.sync_step import LiveOutcome, run_live_step, store_outcome, stored_documents
 from sync.manifests import parse_manifests
 from sync.models import Fabric, FabricCluster, RunStatus, SyncRun, SyncStatus
@@ -109,6 +109,18 @@ def run_sync(
     breaker rejects the call, the run is SKIPPED (``record_skip``) and
     ``RemoteUnavailable`` is raised: no failure is counted and no retry is due.
     """
+    try:
+        return _run_sync(fabric_id, token, trigger=trigger, worker=worker, attempt=attempt, may_retry=may_retry,
+                         clock=clock)  # fmt: skip
+    except (OperationalError, InterfaceError) as exc:
+        # Wherever the connection broke (even while recording another failure), the
+        # database is the one that failed; the caller waits for it and resumes.
+        raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from None
+
+
+def _run_sync(
+    fabric_id: int, token: str, *, trigger: str, worker: str, attempt: int, may_retry: bool, clock: Clock
+) -> SyncResult:
     # The cluster row (if any) and its token come in the same query: a Git-only fabric
     # costs no extra query for having no cluster.
     fabric = Fabric.objects.select_related("cluster__token").get(id=fabric_id)
@@ -132,6 +144,8 @@ def run_sync(
     except SoftTimeLimitExceeded:
         error: SyncError = TransientSyncError(f"sync exceeded its soft time limit of {settings.SYNC_SOFT_TIME_LIMIT} s")
         will_retry = False
+    except (OperationalError, InterfaceError):
+        raise  # the database went away: not this fabric's failure (run_sync)
     except DatabaseError as exc:
         error = TransientSyncError(f"database error: {redact(str(exc))}")
         will_retry = may_retry

@@ -2,24 +2,63 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import secrets
 import socket
 from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from sync import leases
-from sync.errors import PermanentSyncError, TransientSyncError
+from sync import claim_markers, leases
+from sync.errors import DatabaseUnavailable, PermanentSyncError, TransientSyncError
 from sync.models import Fabric
 from sync.runner import record_failure, run_sync
 from sync.scheduling import retry_countdown
 from sync.sources.git import RemoteUnavailable
 
+logger = logging.getLogger(__name__)
 
-def _worker_name(task: Task) -> str:
-    return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
+
+# The database (not the fabric) failed: connection refused, dropped, reset. Such a
+# failure is retried without counting against the fabric, until OUTAGE_RETRY_SECONDS.
+DATABASE_OUTAGE = (OperationalError, InterfaceError)
+OUTAGE_RETRY_SECONDS = 600
+OUTAGE_BACKOFF_MAX = 10
+
+
+def _attempt_name(task: Task) -> str:
+    """Who runs this attempt: host and pid for operators, a nonce so each attempt is told apart."""
+    return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}/{secrets.token_hex(3)}"
+
+
+def _retry_through_outage(
+    task: Task, exc: Exception, resume_from: str, outage_since: float | None, outage_retries: int
+) -> Exception:
+    """Retry this delivery once the database is back, resuming the lease ``resume_from`` held.
+
+    The attempt that failed is over (we are in its handler), so its lease may be taken
+    over by the retry at once; nothing is recorded, as nothing can be written now, and
+    no failure is counted. Backoff with full jitter, up to OUTAGE_BACKOFF_MAX seconds,
+    so the fabric resumes within seconds of the database returning.
+    """
+    now = timezone.now().timestamp()
+    since = outage_since or now
+    if now - since > OUTAGE_RETRY_SECONDS:
+        return exc  # a database down this long: the lease reaper takes it from here
+    countdown = random.uniform(0, min(OUTAGE_BACKOFF_MAX, 2**outage_retries))
+    kwargs = {
+        **(task.request.kwargs or {}),
+        "resume_from": resume_from,
+        "outage_since": since,
+        "outage_retries": outage_retries + 1,
+    }
+    logger.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, countdown)
+    return task.retry(countdown=countdown, kwargs=kwargs, max_retries=task.request.retries + 1)
 
 
 @shared_task(name="sync.fan_out", ignore_result=True)
@@ -42,15 +81,29 @@ def fan_out(fabric_ids: list[int], token: str, trigger: str = "schedule") -> int
     soft_time_limit=settings.SYNC_SOFT_TIME_LIMIT,
     time_limit=settings.SYNC_HARD_TIME_LIMIT,
 )
-def sync_fabric(self: Task, fabric_id: int, token: str, trigger: str = "schedule") -> dict[str, Any]:
+def sync_fabric(
+    self: Task,
+    fabric_id: int,
+    token: str,
+    trigger: str = "schedule",
+    resume_from: str = "",
+    outage_since: float | None = None,
+    outage_retries: int = 0,
+) -> dict[str, Any]:
     """Sync one fabric if ``token`` still holds its lease; raise on failure.
 
     A sync skipped because its remote's breaker is open is not a failure and is never
     retried here: the runner recorded it and the fabric is due again when the breaker
-    admits calls.
+    admits calls. A database outage is not the fabric's failure either: the delivery
+    retries until the database is back (``resume_from``, ``outage_*`` carry that state
+    across retries) and resumes the lease its interrupted attempt held.
     """
-    worker = _worker_name(self)
-    begun = leases.begin(fabric_id, token, timezone.now(), worker)
+    worker = _attempt_name(self)
+    try:
+        begun = leases.begin(fabric_id, token, timezone.now(), worker, resume_from=resume_from)
+    except DATABASE_OUTAGE as exc:
+        # begin may have committed before the connection dropped: resume either lease.
+        raise _retry_through_outage(self, exc, worker, outage_since, outage_retries) from None
     if begun.outcome is leases.BeginOutcome.SUPERSEDED:
         return {"fabric_id": fabric_id, "skipped": "superseded by a newer claim"}
     if begun.outcome is leases.BeginOutcome.HELD:
@@ -63,17 +116,21 @@ def sync_fabric(self: Task, fabric_id: int, token: str, trigger: str = "schedule
         )
         record_failure(Fabric.objects.get(id=fabric_id), token, None, error, will_retry=False, clock=timezone.now)
         raise error
-    may_retry = self.request.retries < (self.max_retries or 0)
+    failure_retries = self.request.retries - outage_retries  # outage retries are not the fabric's
+    may_retry = failure_retries < (self.max_retries or 0)
     try:
         result = run_sync(
-            fabric_id, token, trigger=trigger, worker=worker, attempt=self.request.retries + 1, may_retry=may_retry
+            fabric_id, token, trigger=trigger, worker=worker, attempt=failure_retries + 1, may_retry=may_retry
         )
     except RemoteUnavailable as exc:
         return {"fabric_id": fabric_id, "skipped": str(exc)}
+    except DatabaseUnavailable as exc:
+        raise _retry_through_outage(self, exc, worker, outage_since, outage_retries) from None
     except TransientSyncError as exc:
         if not may_retry:
             raise
-        countdown = retry_countdown(self.request.retries, settings.SYNC_RETRY_BACKOFF_MAX)
+        countdown = retry_countdown(failure_retries, settings.SYNC_RETRY_BACKOFF_MAX)
         leases.requeue_for_retry(fabric_id, token, timezone.now(), countdown)
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        claim_markers.refresh(token, countdown + settings.SYNC_QUEUE_LEASE_SECONDS)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=self.request.retries + 1) from exc
     return result.as_dict()
