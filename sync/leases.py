@@ -156,19 +156,20 @@ class Begin:
 INTERRUPTED_MESSAGE = "Interrupted: the database became unavailable mid-sync; resumed once it was back."
 
 
-def begin(fabric_id: int, token: str, now: datetime, worker: str, resume_from: str = "") -> Begin:
+def begin(fabric_id: int, token: str, now: datetime, worker: str, resume: str = "") -> Begin:
     """Move a claimed fabric to SYNCING under our token, with the full sync lease.
 
     A QUEUED claim starts normally. A SYNCING claim whose lease expired means the
     previous delivery died (SIGKILL, OOM); we take over and count the delivery.
     A SYNCING claim whose lease is still held may still be running: we must not run
     beside it, so the caller waits until the lease would expire. The one exception is
-    ``resume_from``: the attempt that held it was interrupted by a database outage and
-    is over (its own handler sent this retry), so we take its lease over at once,
-    counting no death, and close its run as interrupted rather than lost.
+    ``resume``: the nonce that ends the owner name of every attempt in one chain of
+    retries through a database outage (``sync.tasks``). Each of those attempts is over
+    (its own handler sent the retry), so we take their lease over at once, counting
+    no death, and close their run as interrupted rather than lost.
     """
     lease_until = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
-    resumed = Q(sync_status=SyncStatus.SYNCING, lease_owner=resume_from) if resume_from else Q(pk__in=[])
+    resumed = Q(sync_status=SyncStatus.SYNCING, lease_owner__endswith=f"/{resume}") if resume else Q(pk__in=[])
     won = (
         Fabric.objects.filter(id=fabric_id, lease_token=token)
         .filter(
@@ -198,8 +199,8 @@ def begin(fabric_id: int, token: str, now: datetime, worker: str, resume_from: s
     # earlier attempt: interrupted by the outage we resume from, or a delivery that
     # died. Close it so run history never shows two at once.
     running = SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING)
-    if resume_from:
-        running.filter(worker=resume_from[:200]).update(
+    if resume:
+        running.filter(worker__endswith=f"/{resume}").update(
             status=RunStatus.RETRYING, finished_at=now, error_class="DatabaseUnavailable",
             error_message=INTERRUPTED_MESSAGE,
         )  # fmt: skip

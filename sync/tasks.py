@@ -31,20 +31,24 @@ OUTAGE_RETRY_SECONDS = 600
 OUTAGE_BACKOFF_MAX = 10
 
 
-def _attempt_name(task: Task) -> str:
-    """Who runs this attempt: host and pid for operators, a nonce so each attempt is told apart."""
-    return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}/{secrets.token_hex(3)}"
+def _attempt_name(task: Task, nonce: str) -> str:
+    """Who runs this attempt: host and pid for operators, then the nonce of its chain of
+    outage retries (``/`` + nonce ends the name; ``leases.begin`` resumes on it)."""
+    return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}/{nonce}"
 
 
 def _retry_through_outage(
-    task: Task, exc: Exception, resume_from: str, outage_since: float | None, outage_retries: int
+    task: Task, exc: Exception, nonce: str, outage_since: float | None, outage_retries: int
 ) -> Exception:
-    """Retry this delivery once the database is back, resuming the lease ``resume_from`` held.
+    """Retry this delivery once the database is back, resuming the lease its chain holds.
 
-    The attempt that failed is over (we are in its handler), so its lease may be taken
-    over by the retry at once; nothing is recorded, as nothing can be written now, and
-    no failure is counted. Backoff with full jitter, up to OUTAGE_BACKOFF_MAX seconds,
-    so the fabric resumes within seconds of the database returning.
+    The attempt that failed is over (we are in its handler), so the retry may take its
+    lease over at once; nothing is recorded, as nothing can be written now, and no
+    failure is counted. Every attempt of the chain carries the same ``nonce`` in its
+    owner name, so the retry resumes whichever of them got the lease (a ``begin`` may
+    commit just before the connection drops). Backoff with full jitter, up to
+    OUTAGE_BACKOFF_MAX seconds, so the fabric resumes within seconds of the database
+    returning.
     """
     now = timezone.now().timestamp()
     since = outage_since or now
@@ -53,7 +57,7 @@ def _retry_through_outage(
     countdown = random.uniform(0, min(OUTAGE_BACKOFF_MAX, 2**outage_retries))
     kwargs = {
         **(task.request.kwargs or {}),
-        "resume_from": resume_from,
+        "resume": nonce,
         "outage_since": since,
         "outage_retries": outage_retries + 1,
     }
@@ -86,7 +90,7 @@ def sync_fabric(
     fabric_id: int,
     token: str,
     trigger: str = "schedule",
-    resume_from: str = "",
+    resume: str = "",
     outage_since: float | None = None,
     outage_retries: int = 0,
 ) -> dict[str, Any]:
@@ -95,15 +99,16 @@ def sync_fabric(
     A sync skipped because its remote's breaker is open is not a failure and is never
     retried here: the runner recorded it and the fabric is due again when the breaker
     admits calls. A database outage is not the fabric's failure either: the delivery
-    retries until the database is back (``resume_from``, ``outage_*`` carry that state
+    retries until the database is back (``resume``, ``outage_*`` carry that state
     across retries) and resumes the lease its interrupted attempt held.
     """
-    worker = _attempt_name(self)
+    nonce = resume or secrets.token_hex(6)
+    worker = _attempt_name(self, nonce)
     try:
-        begun = leases.begin(fabric_id, token, timezone.now(), worker, resume_from=resume_from)
+        begun = leases.begin(fabric_id, token, timezone.now(), worker, resume=resume)
     except DATABASE_OUTAGE as exc:
-        # begin may have committed before the connection dropped: resume either lease.
-        raise _retry_through_outage(self, exc, worker, outage_since, outage_retries) from None
+        # begin may have committed before the connection dropped: the retry resumes it.
+        raise _retry_through_outage(self, exc, nonce, outage_since, outage_retries) from None
     if begun.outcome is leases.BeginOutcome.SUPERSEDED:
         return {"fabric_id": fabric_id, "skipped": "superseded by a newer claim"}
     if begun.outcome is leases.BeginOutcome.HELD:
@@ -125,7 +130,7 @@ def sync_fabric(
     except RemoteUnavailable as exc:
         return {"fabric_id": fabric_id, "skipped": str(exc)}
     except DatabaseUnavailable as exc:
-        raise _retry_through_outage(self, exc, worker, outage_since, outage_retries) from None
+        raise _retry_through_outage(self, exc, nonce, outage_since, outage_retries) from None
     except TransientSyncError as exc:
         if not may_retry:
             raise
