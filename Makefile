@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-embedded bench lint typecheck migrations-check clean
+.PHONY: run test test-embedded chaos bench lint typecheck migrations-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3" >&2; exit 1; }
@@ -21,6 +21,9 @@ test: $(STAMP)  ## lint, type-check, migrations check and the test suite (real s
 
 test-embedded: $(STAMP)  ## the suite on SQLite and a private Valkey, ignoring local services
 	FCP_EMBEDDED=1 bash scripts/test.sh
+
+chaos: $(STAMP)  ## the chaos suite, full profile: real faults on private servers (docs/reliability.md)
+	CHAOS_PROFILE=full SKIP_LINT=1 bash scripts/test.sh tests/chaos
 
 bench: $(STAMP)  ## benchmarks (see docs/benchmarks.md)
 	bash scripts/bench.sh

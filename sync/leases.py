@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Case, F, PositiveSmallIntegerField, Q, QuerySet, Value, When
 
 from sync import claim_markers
@@ -81,14 +82,18 @@ def claim_due(now: datetime, before_claim: BeforeClaim = claim_markers.mark) -> 
     if due == 0:
         return Claim(token, [], 0)
     before_claim(token, settings.SYNC_QUEUE_LEASE_SECONDS)
-    due_fabrics(now).update(
-        sync_status=SyncStatus.QUEUED,
-        lease_token=token,
-        lease_expires_at=now + timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS),
-        lease_owner="",
-        # lease_deliveries is kept: it counts worker deaths until the fabric's next
-        # outcome (see reap_expired), whichever path re-dispatched it.
-    )
+    # SKIP LOCKED: a row another session holds locked (a stuck admin edit, a long
+    # transaction) is left for a later tick instead of stalling the whole claim behind it.
+    unlocked_due = due_fabrics(now).select_for_update(skip_locked=True).values("id")
+    with transaction.atomic(savepoint=False):  # one statement; Django wants FOR UPDATE in a transaction
+        due_fabrics(now).filter(id__in=unlocked_due).update(
+            sync_status=SyncStatus.QUEUED,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS),
+            lease_owner="",
+            # lease_deliveries is kept: it counts worker deaths until the fabric's next
+            # outcome (see reap_expired), whichever path re-dispatched it.
+        )
     ids = list(Fabric.objects.filter(lease_token=token).order_by("next_sync_at").values_list("id", flat=True))
     return Claim(token, ids, due)
 

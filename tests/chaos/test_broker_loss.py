@@ -30,8 +30,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 DRAIN_SECONDS = 120  # the worker syncing every fabric once, on a loaded 2-core host
 
 
+@pytest.mark.parametrize("fault", ["restart-empty", "flushall"])
 def test_claims_whose_messages_redis_lost_are_dispatched_again_by_the_next_tick(
-    chaos_stack: ChaosStack, chaos_scale: ChaosScale
+    chaos_stack: ChaosStack, chaos_scale: ChaosScale, fault: str
 ) -> None:
     make_fabrics(chaos_stack, chaos_scale.fabrics)
     first = chaos_stack.tick()  # no worker yet: every claim waits in Redis
@@ -39,7 +40,10 @@ def test_claims_whose_messages_redis_lost_are_dispatched_again_by_the_next_tick(
     with chaos_stack.orm():
         assert Fabric.objects.filter(sync_status=SyncStatus.QUEUED).count() == chaos_scale.fabrics
 
-    chaos_stack.redis.restart()  # SIGKILL, then an empty server: the messages are gone
+    if fault == "restart-empty":
+        chaos_stack.redis.restart()  # SIGKILL, then an empty server: the messages are gone
+    else:
+        chaos_stack.redis.client().flushall()  # an operator's mistake, or a failover to an empty replica
     assert chaos_stack.redis.client().dbsize() == 0
     chaos_stack.start_worker(concurrency=2)
     with chaos_stack.orm():

@@ -1,0 +1,106 @@
+"""Database faults short of an outage: every connection reset, a row lock held by someone else.
+
+Real: a private PostgreSQL cluster whose backends the test terminates with
+``pg_terminate_backend`` (what a proxy restart, a failover or an idle-connection
+killer does) or whose fabric row it locks from another session, real workers, real
+ticks. Bound: every fabric synced within 2 ticks; nothing blamed on a fabric (no run
+LOST or FAILED, no failure counted); nothing synced twice at once or left stuck.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
+from tests.chaos.conftest import make_fabrics
+from tests.chaos.invariants import assert_healthy_history, not_synced_since
+from tests.chaos.scale import ChaosScale
+from tests.chaos.stack import ChaosStack
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
+
+DRAIN_SECONDS = 120
+
+
+def _sync_within_two_ticks(stack: ChaosStack, since) -> None:
+    ticks = 0
+    while not_synced_since(since) and ticks < 2:
+        stack.tick()
+        ticks += 1
+        try:
+            wait_for(lambda: not not_synced_since(since), timeout=DRAIN_SECONDS)
+        except AssertionError:
+            continue
+    missing = not_synced_since(since)
+    assert not missing, f"not synced within 2 ticks: {missing}"
+
+
+def _nothing_blamed() -> None:
+    blamed = SyncRun.objects.filter(status__in=[RunStatus.LOST, RunStatus.FAILED])
+    assert not blamed.exists(), list(blamed.values_list("fabric__name", "status", "error_message"))
+    assert set(Fabric.objects.values_list("consecutive_failures", flat=True)) == {0}
+
+
+def test_every_connection_reset_mid_backlog_blames_no_fabric(chaos_stack: ChaosStack, chaos_scale: ChaosScale) -> None:
+    count = chaos_scale.n(40, minimum=12)
+    make_fabrics(chaos_stack, count, files=40)
+    chaos_stack.start_worker(concurrency=2)
+    with chaos_stack.orm():
+        since = timezone.now()
+        chaos_stack.tick()
+        wait_for(lambda: SyncRun.objects.filter(status=RunStatus.SUCCESS).count() >= 2, timeout=60)
+        connections.close_all()
+    resets = 0
+    with chaos_stack.pg.connect() as admin:
+        for _ in range(chaos_scale.rounds):
+            row = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [chaos_stack.dbname],
+            ).fetchone()
+            resets += int(row[0]) if row else 0
+            time.sleep(0.3)
+    assert resets > 0, "no worker connection was open to reset: the test proves nothing"
+    with chaos_stack.orm():
+        _sync_within_two_ticks(chaos_stack, since)
+        _nothing_blamed()
+        assert_healthy_history()
+
+
+def test_a_fabric_row_locked_by_another_session_delays_only_that_fabric(chaos_stack: ChaosStack) -> None:
+    """Before SKIP LOCKED, the tick's claim UPDATE waited on the locked row and every
+    fabric waited with it, for as long as the other session held its lock."""
+    ids = make_fabrics(chaos_stack, 6)
+    chaos_stack.start_worker(concurrency=2)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with chaos_stack.pg.connect(chaos_stack.dbname) as other, other.transaction():
+            other.execute("SELECT id FROM sync_fabric WHERE id = %s FOR UPDATE", [ids[0]])
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with chaos_stack.orm():
+            since = timezone.now()
+            tick = chaos_stack.tick()
+            assert tick["metrics"]["sync"]["fabrics_dispatched"] == 5, tick
+            wait_for(lambda: not_synced_since(since) == ["chaos-00000"], timeout=DRAIN_SECONDS)
+            connections.close_all()
+    finally:
+        release.set()
+        holder.join()
+    with chaos_stack.orm():
+        _sync_within_two_ticks(chaos_stack, since)
+        _nothing_blamed()
+        assert Fabric.objects.get(id=ids[0]).sync_status == SyncStatus.IN_SYNC
+        assert_healthy_history()
