@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 
 import pytest
 from django.utils import timezone
@@ -34,6 +35,10 @@ MANUAL = (
     "o = enqueue_manual_syncs(Fabric.objects.order_by('?')[:{n}], timezone.now()); "
     "print(len(o.enqueued), len(o.busy))"
 )
+
+
+def _all_synced_since(since: datetime) -> bool:
+    return not not_synced_since(since)
 
 
 def test_simultaneous_ticks_and_manual_syncs_never_sync_a_fabric_twice_at_once(
@@ -71,6 +76,6 @@ def test_simultaneous_ticks_and_manual_syncs_never_sync_a_fabric_twice_at_once(
         assert dispatched <= count  # no fabric claimed by two ticks
         assert enqueued + busy == count // 3
         with chaos_stack.orm():
-            wait_for(lambda at=since: not not_synced_since(at), timeout=120, message="a fabric was not synced")
+            wait_for(partial(_all_synced_since, since), timeout=120, message="a fabric was not synced")
             wait_for(lambda: not Fabric.objects.filter(sync_status__in=["queued", "syncing"]).exists(), timeout=60)
             assert_healthy_history()
