@@ -55,3 +55,8 @@ def assert_healthy_history() -> None:
     assert not overlaps, f"fabrics synced twice at once (fabric, run, run): {overlaps}"
     stuck = stuck_fabrics()
     assert not stuck, f"fabrics stuck QUEUED/SYNCING with an expired lease: {stuck}"
+
+
+def report(what: str, seconds: float, ticks: int) -> None:
+    """Print a measured figure (``pytest -s``); docs/reliability.md quotes them."""
+    print(f"\nMEASURED {what}: {seconds:.1f} s, {ticks} tick(s)")

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
 from tests.chaos.conftest import make_fabrics
-from tests.chaos.invariants import assert_healthy_history, not_synced_since
+from tests.chaos.invariants import assert_healthy_history, not_synced_since, report
 from tests.chaos.scale import ChaosScale
 from tests.chaos.stack import ChaosStack
 from tests.conftest import wait_for
@@ -61,6 +61,11 @@ def test_claims_whose_messages_redis_lost_are_dispatched_again_by_the_next_tick(
             except AssertionError:
                 continue
         assert not not_synced_since(since), f"not synced within 2 ticks: {not_synced_since(since)}"
+        report(
+            f"broker {fault}, {chaos_scale.fabrics} fabrics re-synced after",
+            (timezone.now() - since).total_seconds(),
+            ticks,
+        )
         assert set(Fabric.objects.values_list("consecutive_failures", flat=True)) == {0}
         assert not SyncRun.objects.filter(status__in=[RunStatus.LOST, RunStatus.FAILED]).exists()
         assert_healthy_history()
@@ -97,6 +102,11 @@ def test_syncs_in_flight_when_redis_dies_finish_and_the_rest_recover_within_two_
                 continue
         missing = not_synced_since(since)
         assert not missing, f"{len(missing)} of {count} fabrics not synced within 2 ticks of the restart: {missing}"
+        report(
+            f"redis killed mid-backlog (aof={persist}), {count} fabrics synced after",
+            (timezone.now() - killed_at).total_seconds(),
+            ticks,
+        )
         # Nothing was cancelled: no run lost, no failure counted, the worker still serves.
         assert not SyncRun.objects.filter(status__in=[RunStatus.LOST, RunStatus.FAILED]).exists()
         assert set(Fabric.objects.values_list("consecutive_failures", flat=True)) == {0}

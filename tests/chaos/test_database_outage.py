@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from sync.models import Fabric, RunStatus, SyncRun
 from tests.chaos.conftest import make_fabrics
-from tests.chaos.invariants import assert_healthy_history, not_synced_since
+from tests.chaos.invariants import assert_healthy_history, not_synced_since, report
 from tests.chaos.scale import ChaosScale
 from tests.chaos.stack import ChaosStack
 from tests.conftest import wait_for
@@ -46,6 +46,7 @@ def test_a_20_second_database_outage_is_retried_through_and_counted_against_no_f
     chaos_stack.pg.stop(mode="fast")  # mid-backlog: some synced, some running, the rest queued
     time.sleep(OUTAGE_SECONDS)
     chaos_stack.pg.start()
+    back = time.monotonic()
 
     with chaos_stack.orm():
         ticks = 0
@@ -58,6 +59,7 @@ def test_a_20_second_database_outage_is_retried_through_and_counted_against_no_f
                 continue
         missing = not_synced_since(since)
         assert not missing, f"{len(missing)} of {count} fabrics not synced within 2 ticks of the database's return"
+        report(f"database back, {count} fabrics synced after", time.monotonic() - back, ticks)
         blamed = SyncRun.objects.filter(status__in=[RunStatus.LOST, RunStatus.FAILED])
         assert not blamed.exists(), list(blamed.values_list("fabric__name", "status", "error_message"))
         assert set(Fabric.objects.values_list("consecutive_failures", flat=True)) == {0}
