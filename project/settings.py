@@ -161,6 +161,10 @@ STORAGES = {
 EMBEDDED_REDIS_PORT = env_int("EMBEDDED_REDIS_PORT", 6390)
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+# kombu's Redis transport with a guard that keeps workers alive across Redis restarts
+# (project/broker.py). Plain redis:// only: rediss:// keeps kombu's own TLS set-up.
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "project.broker:Transport"
 # The Redis for everything that is not the broker: the cache, breaker state, scaling
 # locks and metric windows. Every client comes from core.clients.
 REDIS_URL = env_str("REDIS_URL", env_str("CACHE_URL", CELERY_BROKER_URL))

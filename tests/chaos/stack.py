@@ -176,12 +176,15 @@ class ChaosStack:
     # --- processes ----------------------------------------------------------------------
     def start_worker(
         self, name: str = "", pool: str = "prefork", concurrency: int = 2, queues: str = "", wait: bool = True,
-        **env: str,
+        as_deployed: bool = False, **env: str,
     ) -> Worker:  # fmt: skip
+        """A worker; ``as_deployed`` keeps mingle and gossip on, as make run and production run it."""
         name = name or f"worker{len(self.procs)}"
         hostname = host_format(f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h")
         argv = [PYTHON, "-m", "celery", "-A", "project", "worker", "--pool", pool, "--concurrency", str(concurrency),
-                "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname", hostname]  # fmt: skip
+                "--loglevel", "INFO", "--hostname", hostname]  # fmt: skip
+        if not as_deployed:
+            argv += ["--without-mingle", "--without-gossip"]
         if queues:
             argv += ["--queues", queues]
         worker_env = {"SYNC_GIT_CACHE_DIR": str(self.root / f"git-cache-{name}"), **env}
