@@ -142,10 +142,13 @@ def test_an_evaluation_records_what_the_engine_reported_and_keeps_it_while_the_e
 # --- Actions: the change permission, and an audit entry per policy ----------------------------
 
 
+SCALING_QUEUE = "scaling"  # CELERY_TASK_ROUTES sends scaling.* there
+
+
 def published_evaluations(policy_id: int) -> list[Any]:
-    """The evaluation messages for ``policy_id`` waiting in the broker's default queue."""
+    """The evaluation messages for ``policy_id`` waiting in the broker's scaling queue."""
     found = []
-    for raw in broker().lrange("celery", 0, -1):
+    for raw in broker().lrange(SCALING_QUEUE, 0, -1):
         headers = json.loads(raw).get("headers") or {}
         if headers.get("task") == EVALUATE_TASK_NAME and headers.get("argsrepr", "").startswith(f"({policy_id},"):
             found.append(raw)
@@ -159,7 +162,7 @@ def evaluations() -> Iterator[list[int]]:
     yield ids
     for policy_id in ids:
         for raw in published_evaluations(policy_id):
-            broker().lrem("celery", 0, raw)
+            broker().lrem(SCALING_QUEUE, 0, raw)
 
 
 def evaluate_now(client: Client, *policies: ScalingPolicy):
