@@ -1,87 +1,136 @@
 """Workers of both pools survive 10 Redis restarts in a row and work afterwards (issue 10, item 2).
 
-Real: a private Valkey SIGKILLed and started again on the same port 10 times, a
-prefork worker (syncs) and a threads-pool worker (the health queue, as ``make run``
-and deploy/compose.yaml run it), a private PostgreSQL. Before the fix, kombu's Redis
-transport raised ``AttributeError: 'NoneType' object has no attribute 'hostname'``
-while the consumer closed its dead connection, and the worker exited ("Unrecoverable
-error"): the threads worker in 4 of 4 kills, the prefork one in 1 of 7.
+Real, all of it: a private Valkey SIGKILLed and started again on the same port 10
+times in a row (without persistence, and with an append-only file fsynced on every
+write), a private PostgreSQL, a prefork worker (syncs, ticks) and a threads-pool
+worker (the health queue, as ``make run`` and deploy/compose.yaml run it), both with
+mingle and gossip on, and real ``manage.py tick`` processes. Before each kill a tick
+gives both workers work, so each holds delivered, unacknowledged messages when Redis
+dies: that is what crashed them. Without the guard in ``project/broker.py`` the
+threads worker exits at the first or second restart with ``Unrecoverable error:
+AttributeError("'NoneType' object has no attribute 'hostname'")``.
 
-Bound: after the 10th restart both processes are alive, a tick syncs every fabric, and
-the health sweep's checks run on the threads worker.
+Bound: after every restart both worker processes are alive and each logs a new
+broker connection within ``RECONNECT_SECONDS``; after the 10th, one tick syncs every
+fabric (no run overlapping, none stuck) within ``SYNC_SECONDS`` and the health sweep
+that tick sends runs on the threads worker within ``HEALTH_SECONDS``. With the
+append-only file, the sync check is an expected failure (the known gap below); the
+workers' survival and the health sweep are asserted all the same.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 
 import pytest
 from django.utils import timezone
 
-from sync.models import Fabric, SyncStatus
+from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
 from tests.chaos.conftest import make_fabrics
 from tests.chaos.invariants import assert_healthy_history, not_synced_since
 from tests.chaos.scale import ChaosScale
-from tests.chaos.stack import ChaosStack
+from tests.chaos.stack import ChaosStack, Worker
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 
-RESTARTS = 10  # the requirement; a floor the scale never lowers
+RESTARTS = 10  # the requirement: a floor the host's scale never lowers
+DOWN_SECONDS = 1  # Redis is gone this long each time; the workers notice within it
+RECONNECT_SECONDS = 30  # Celery retries after 0, 2, 4, ... s: several tries fit
+SYNC_SECONDS = 120  # the prefork worker syncing every fabric once, on a loaded 2-core host
+HEALTH_SECONDS = 60
+
+# Celery logs this on every (re)connection; the scheme shows the transport class in use.
+CONNECTED = re.compile(r"consumer\.connection: Connected to \S+://")
+CHECK_SUCCEEDED = re.compile(r"Task resilience\.run_check\[[0-9a-f-]+\] succeeded")
+
+# Known gap (docs/reliability.md, Known limits): with an append-only file, a sync
+# message a worker had reserved when Redis died survives in kombu's `unacked` hash, and
+# so does its claim marker, so that fabric waits for the visibility timeout instead of
+# the next tick. Not this item's bug: the workers themselves survive and keep working.
+AOF_GAP = "a reserved sync message orphaned in `unacked` by a Redis restart with AOF waits for the visibility timeout"
 
 
-# Known gap (docs/reliability.md): with an append-only file, a sync message a worker had
-# reserved when Redis died survives in kombu's `unacked` hash, its claim marker too,
-# so the claim waits for the visibility timeout instead of the next tick. The workers
-# themselves survive (asserted before the liveness check that fails).
-AOF_GAP = pytest.mark.xfail(
-    reason="a reserved message orphaned in `unacked` by a Redis restart with AOF waits for the visibility timeout",
-    strict=False,
-)
+def _log_size(worker: Worker) -> int:
+    try:
+        return worker.log_path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
-@pytest.mark.parametrize(
-    "persist", [False, pytest.param(True, marks=AOF_GAP)], ids=["no-persistence", "append-only-file"]
-)
+def _log_since(worker: Worker, offset: int) -> str:
+    with worker.log_path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
+def _reconnected(worker: Worker, offset: int) -> Callable[[], bool]:
+    def check() -> bool:
+        assert worker.alive(), f"{worker.name} exited:\n{worker.log()}"
+        return CONNECTED.search(_log_since(worker, offset)) is not None
+
+    return check
+
+
+@pytest.mark.parametrize("persist", [False, True], ids=["no-persistence", "append-only-file"])
 def test_prefork_and_threads_workers_survive_ten_redis_restarts_and_still_work(
-    chaos_stack_factory, chaos_scale: ChaosScale, persist: bool
+    chaos_stack_factory: Callable[..., ChaosStack], chaos_scale: ChaosScale, persist: bool
 ) -> None:
-    stack: ChaosStack = chaos_stack_factory(persist_redis=persist, HEALTH_QUEUE="health")
+    stack = chaos_stack_factory(persist_redis=persist, HEALTH_QUEUE="health")
     make_fabrics(stack, chaos_scale.fabrics)
     prefork = stack.start_worker("prefork", concurrency=2, queues="celery,sync,scaling,tick", as_deployed=True)
     threads = stack.start_worker("threads", pool="threads", concurrency=8, queues="health", as_deployed=True)
+    workers = (prefork, threads)
 
-    for restart in range(max(RESTARTS, chaos_scale.n(RESTARTS))):
+    started = time.monotonic()
+    for restart in range(1, max(RESTARTS, chaos_scale.n(RESTARTS)) + 1):
         with stack.orm():
             Fabric.objects.update(next_sync_at=timezone.now())
-        stack.tick()  # both workers busy (syncs, the health sweep) when Redis dies
+        stack.tick()  # both workers hold delivered, unacknowledged messages when Redis dies
+        offsets = {worker.name: _log_size(worker) for worker in workers}
         stack.redis.kill()
-        time.sleep(1)
+        time.sleep(DOWN_SECONDS)
         stack.redis.start()
-        # Let both consumers notice and reconnect before the next kill.
-        time.sleep(3)
-        for worker in (prefork, threads):
-            assert worker.alive(), f"{worker.name} exited after restart {restart + 1}:\n{worker.log()}"
+        for worker in workers:
+            wait_for(
+                _reconnected(worker, offsets[worker.name]),
+                timeout=RECONNECT_SECONDS,
+                message=f"{worker.name} did not reconnect after restart {restart}:\n{worker.log()}",
+            )
+    print(f"\n{restart} restarts survived by both workers in {time.monotonic() - started:.1f} s")
 
+    health_offset = _log_size(threads)
     with stack.orm():
-        # Syncs that were running at the last kill finish first (they are not cancelled);
-        # then every fabric is due, and one tick must get each synced again.
+        # Syncs running at the last kill finish first (they are not cancelled); then every
+        # fabric is due again, and one tick must get each synced by the prefork worker.
         wait_for(lambda: not Fabric.objects.filter(sync_status=SyncStatus.SYNCING).exists(), timeout=60)
         since = timezone.now()
         Fabric.objects.update(next_sync_at=since)
         stack.tick()
-        wait_for(lambda: not not_synced_since(since), timeout=120, message="the prefork worker no longer syncs")
-        # (not_synced_since names the fabrics in the failure above if any are left)
+        # The same tick sent the health sweep to the threads worker's queue: a check must
+        # succeed there after the last restart (its log since then, not since start-up).
+        wait_for(
+            lambda: CHECK_SUCCEEDED.search(_log_since(threads, health_offset)),
+            timeout=HEALTH_SECONDS,
+            message=f"the threads worker no longer runs health checks:\n{threads.log()}",
+        )
+        # Consuming again, whatever the persistence: at least one sync ran after the last restart.
+        wait_for(
+            lambda: SyncRun.objects.filter(started_at__gte=since, status__in=[RunStatus.SUCCESS, RunStatus.UNCHANGED]),
+            timeout=SYNC_SECONDS,
+            message=f"the prefork worker no longer syncs:\n{prefork.log()}",
+        )
+        try:
+            wait_for(lambda: not not_synced_since(since), timeout=SYNC_SECONDS)
+        except AssertionError:
+            missing = not_synced_since(since)
+            if persist:
+                pytest.xfail(f"{AOF_GAP}: {len(missing)} fabric(s) not synced: {missing}")
+            raise AssertionError(f"{len(missing)} fabric(s) not synced after the last restart: {missing}") from None
+        finally:
+            for worker in workers:
+                assert worker.alive(), f"{worker.name} exited:\n{worker.log()}"
+                assert "Unrecoverable error" not in worker.log(tail=10_000_000), worker.log()
         assert_healthy_history()
-    # The same tick sent the health sweep to the threads worker's queue.
-    wait_for(
-        lambda: (
-            "resilience.run_check" in threads.log(tail=20_000).split("ready.")[-1]
-            and "succeeded" in threads.log(tail=20_000).split("ready.")[-1]
-        ),
-        timeout=60,
-        message="the threads worker no longer runs health checks",
-    )
-    for worker in (prefork, threads):
-        assert worker.alive(), worker.log()
-        assert "Unrecoverable error" not in worker.log(tail=5_000_000)
