@@ -12,6 +12,7 @@ admin.site.index_title = "Fabrics, scaling and health"
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", include("project.overview.urls")),  # the landing page; before the admin's own routes
     path("admin/", admin.site.urls),
     path("health/", include("resilience.urls")),
     path("metrics", metrics, name="metrics"),

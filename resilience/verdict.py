@@ -72,6 +72,25 @@ def display_status(status: str, last_checked_at: datetime | None, now: datetime)
     return STALE if is_stale(last_checked_at, now) else status
 
 
+def last_sweep_at() -> datetime | None:
+    """When a sweep last recorded any check (older than two ticks: the sweeps stopped).
+
+    The scheduler's row is left out: ``notice_stale_scheduler`` writes its check time at
+    request time, which says nothing about whether sweeps run. None without any check,
+    or when the database does not answer.
+    """
+    from django.db.models import Max
+
+    from resilience.models import ComponentHealth
+
+    try:
+        latest = ComponentHealth.objects.exclude(name=SCHEDULER).aggregate(at=Max("last_checked_at"))["at"]
+    except Exception as exc:  # the database may be the very thing that is down
+        logger.warning("could not read the last sweep: %s: %s", type(exc).__name__, exc)
+        return None
+    return latest
+
+
 def get_system_health(names: Iterable[str] | None = None) -> SystemHealth:
     """Run the live checks now, and add what the last sweeps found for sweep-only components.
 
