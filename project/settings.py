@@ -24,6 +24,7 @@ from kombu import Exchange, Queue
 
 from core.env import env_bool, env_int, env_list, env_str
 from sync.conf import SYNC_HARD_TIME_LIMIT as _SYNC_HARD_TIME_LIMIT
+from sync.conf import SYNC_QUEUE as _SYNC_QUEUE
 from sync.conf import SYNC_SOFT_TIME_LIMIT as _SYNC_SOFT_TIME_LIMIT
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -222,7 +223,7 @@ CELERY_TASK_DEFAULT_QUEUE = "celery"
 # --queues consumes all of them, so a single plain `celery worker` still runs everything.
 CELERY_TASK_ROUTES = {
     "project.master_scheduler": {"queue": "tick"},
-    "sync.*": {"queue": "sync"},
+    "sync.*": {"queue": _SYNC_QUEUE},
     "scaling.*": {"queue": "scaling"},
 }
 # The pool-restart heal action needs it.
@@ -255,10 +256,11 @@ HEALTH_QUEUE = env_str("HEALTH_QUEUE", CELERY_TASK_DEFAULT_QUEUE)
 # Every queue a task may be routed to; a worker without --queues consumes them all.
 CELERY_TASK_QUEUES = [
     Queue(name, Exchange(name), routing_key=name)
-    for name in dict.fromkeys([CELERY_TASK_DEFAULT_QUEUE, "tick", "sync", "scaling", "health", HEALTH_QUEUE])
+    for name in dict.fromkeys([CELERY_TASK_DEFAULT_QUEUE, "tick", _SYNC_QUEUE, "scaling", "health", HEALTH_QUEUE])
 ]
 HEALTH_TOKEN = env_str("HEALTH_TOKEN", "")  # Bearer token that shows monitors /health/ components
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")  # bearer token for Prometheus scrapes of /metrics (else HEALTH_TOKEN)
+API_TOKEN = env_str("API_TOKEN", "")  # bearer token for the JSON API (docs/api.md); empty: staff sessions only
 # The service name the response-time middleware records this process's requests under.
 SCALING_RESPONSE_TIME_SERVICE = env_str("SCALING_RESPONSE_TIME_SERVICE", "backend")
 # Shared breaker state lives under this key prefix in REDIS_URL.
@@ -282,6 +284,7 @@ LOGGING = {
 # --- Tuning: each app's defaults, in one place each --------------------------------------
 # Django reads only upper-case names, so the helpers these modules import are harmless.
 from core.conf import *  # noqa: E402, F403
+from core.retention_conf import *  # noqa: E402, F403
 from resilience.conf import *  # noqa: E402, F403
 from scaling.conf import *  # noqa: E402, F403
 from sync.conf import *  # noqa: E402, F403

@@ -8,7 +8,7 @@ the visibility timeout outlives the lease, so Redis never redelivers a message w
 sync may still be running.
 """
 
-from core.env import env_int
+from core.env import env_int, env_str
 
 SYNC_SOFT_TIME_LIMIT = env_int("SYNC_SOFT_TIME_LIMIT", 240)
 SYNC_HARD_TIME_LIMIT = env_int("SYNC_HARD_TIME_LIMIT", 300)
@@ -16,6 +16,13 @@ SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 360)
 # How long a claimed fabric waits for a worker to pick its message up before the claim
 # is released and a later tick may dispatch it again (the stale message is then dropped).
 SYNC_QUEUE_LEASE_SECONDS = env_int("SYNC_QUEUE_LEASE_SECONDS", 900)
+# A claim QUEUED this long whose message the broker no longer holds (lost to a cut-off
+# worker host, or reserved by a worker that lost it) is released by the next tick
+# (sync.broker_inventory) instead of waiting out the queue lease. Longer than a
+# worker takes from receiving a message to beginning it.
+SYNC_STRANDED_AFTER_SECONDS = env_int("SYNC_STRANDED_AFTER_SECONDS", 60)
+# The Celery queue every sync task is routed to.
+SYNC_QUEUE = "sync"
 
 SYNC_MAX_RETRIES = env_int("SYNC_MAX_RETRIES", 3)  # transient failures, within one due sync
 SYNC_RETRY_BACKOFF_MAX = env_int("SYNC_RETRY_BACKOFF_MAX", 600)
@@ -28,3 +35,9 @@ SYNC_GIT_TIMEOUT = env_int("SYNC_GIT_TIMEOUT", 120)
 # Fabrics per fan-out message: the tick publishes one message per chunk and a worker
 # expands it into one task per fabric, so the tick stays fast at 10,000 fabrics.
 SYNC_DISPATCH_CHUNK = 250
+
+# Git push webhooks (docs/webhooks.md). The secret GitHub, GitLab and Gitea sign with;
+# empty: every webhook is refused. Pushes of one branch within the debounce window
+# dispatch once; the later ones only make the fabrics due, for the tick.
+SYNC_WEBHOOK_SECRET = env_str("SYNC_WEBHOOK_SECRET", "")
+SYNC_WEBHOOK_DEBOUNCE_SECONDS = env_int("SYNC_WEBHOOK_DEBOUNCE_SECONDS", 5)

@@ -11,13 +11,13 @@ lease token before doing anything.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 
 from core.tick import tick_step
 from project.celery_app import app
-from sync import claim_markers, leases
+from sync import broker_inventory, claim_markers, leases
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,23 @@ def dispatch_due_fabrics(now: datetime) -> dict[str, int]:
     """Steps 1-4 of a tick for fabrics (see ``sync.leases`` for the queries)."""
     reaped = leases.reap_expired(now)
     # Claims whose messages the broker lost (restart without persistence, flush) are
-    # released here, so this very claim re-dispatches them (sync.claim_markers).
-    lost = leases.release_lost(claim_markers.lost(leases.queued_tokens(now)))
+    # released here, so this very claim re-dispatches them (sync.claim_markers) ...
+    queued = leases.queued_claims(now)
+    lost_tokens = claim_markers.lost({token for _, token, _ in queued})
+    lost = leases.release_lost(lost_tokens)
+    # ... and so are claims waiting too long whose single message vanished or was
+    # reserved by a worker that lost it (sync.broker_inventory).
+    suspects = leases.claimed_before(
+        [claim for claim in queued if claim[1] not in lost_tokens],
+        now - timedelta(seconds=settings.SYNC_STRANDED_AFTER_SECONDS),
+    )
+    stranded = leases.release_stranded(broker_inventory.stranded(suspects, now))
     claim = leases.claim_due(now)
     dispatched = publish(claim.fabric_ids, claim.token, "schedule") if claim.fabric_ids else 0
-    return {"fabrics_due": claim.due, "fabrics_dispatched": dispatched, "claims_lost_by_broker": lost, **reaped}
+    return {
+        "fabrics_due": claim.due,
+        "fabrics_dispatched": dispatched,
+        "claims_lost_by_broker": lost,
+        "claims_stranded": stranded,
+        **reaped,
+    }

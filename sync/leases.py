@@ -115,6 +115,34 @@ def claim_one(fabric_id: int, now: datetime, before_claim: BeforeClaim = claim_m
     return token if won else None
 
 
+def claim_ids(fabric_ids: list[int], now: datetime, before_claim: BeforeClaim = claim_markers.mark) -> Claim:
+    """Claim those of ``fabric_ids`` that are due, exactly as a tick would (a push made them due).
+
+    1. ``before_claim`` marks the token in the broker, as in ``claim_due``.
+    2. One conditional UPDATE, with ``due_fabrics``' predicate and ``SKIP LOCKED``,
+       stamps the token on each of them still due and unleased at that instant. A
+       SYNCING fabric whose lease expired is left to the tick's reaper, which counts
+       the dead worker's delivery (the poison-message guard).
+    3. Read back the ids carrying the token: exactly the rows won. A tick claiming at
+       the same instant won the others; no fabric is claimed twice.
+    """
+    token = new_token()
+    if not fabric_ids:
+        return Claim(token, [], 0)
+    before_claim(token, settings.SYNC_QUEUE_LEASE_SECONDS)
+    claimable = due_fabrics(now).filter(id__in=fabric_ids).exclude(sync_status=SyncStatus.SYNCING)
+    unlocked = claimable.select_for_update(skip_locked=True).values("id")
+    with transaction.atomic(savepoint=False):  # one statement; Django wants FOR UPDATE in a transaction
+        claimable.filter(id__in=unlocked).update(
+            sync_status=SyncStatus.QUEUED,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS),
+            lease_owner="",
+        )
+    ids = list(Fabric.objects.filter(lease_token=token).order_by("id").values_list("id", flat=True))
+    return Claim(token, ids, len(fabric_ids))
+
+
 def release(fabric_ids: list[int], token: str) -> int:
     """Give back claims that were never dispatched (e.g. the broker refused the publish)."""
     return Fabric.objects.filter(id__in=fabric_ids, lease_token=token, sync_status=SyncStatus.QUEUED).update(
@@ -122,13 +150,18 @@ def release(fabric_ids: list[int], token: str) -> int:
     )
 
 
-def queued_tokens(now: datetime) -> list[str]:
-    """The distinct tokens of claims waiting QUEUED under an unexpired lease."""
-    return list(
-        Fabric.objects.filter(sync_status=SyncStatus.QUEUED, lease_expires_at__gt=now)
-        .values_list("lease_token", flat=True)
-        .distinct()
+def queued_claims(now: datetime) -> list[tuple[int, str, datetime]]:
+    """(fabric id, token, lease expiry) of every claim waiting QUEUED under an unexpired lease."""
+    rows = Fabric.objects.filter(sync_status=SyncStatus.QUEUED, lease_expires_at__gt=now).values_list(
+        "id", "lease_token", "lease_expires_at"
     )
+    return [(fabric_id, token, expires) for fabric_id, token, expires in rows if expires is not None]
+
+
+def claimed_before(claims: list[tuple[int, str, datetime]], cutoff: datetime) -> set[tuple[int, str]]:
+    """The claims taken before ``cutoff`` (a queue lease runs from its claim, or retry)."""
+    queue_lease = timedelta(seconds=settings.SYNC_QUEUE_LEASE_SECONDS)
+    return {(fabric_id, token) for fabric_id, token, expires in claims if expires - queue_lease <= cutoff}
 
 
 def release_lost(tokens: set[str]) -> int:
@@ -140,6 +173,24 @@ def release_lost(tokens: set[str]) -> int:
     if not tokens:
         return 0
     return Fabric.objects.filter(lease_token__in=tokens, sync_status=SyncStatus.QUEUED).update(
+        sync_status=_status_without_lease(), lease_token="", lease_expires_at=None, lease_owner=""
+    )
+
+
+def release_stranded(claims: set[tuple[int, str]]) -> int:
+    """Release QUEUED claims whose message the broker no longer holds (``sync.broker_inventory``).
+
+    Like ``release_lost``: only claims still QUEUED under the same token, no failure counted.
+    """
+    if not claims:
+        return 0
+    by_token: dict[str, list[int]] = {}
+    for fabric_id, token in claims:
+        by_token.setdefault(token, []).append(fabric_id)
+    condition = Q(pk__in=[])
+    for token, ids in by_token.items():
+        condition |= Q(lease_token=token, id__in=ids)
+    return Fabric.objects.filter(condition, sync_status=SyncStatus.QUEUED).update(
         sync_status=_status_without_lease(), lease_token="", lease_expires_at=None, lease_owner=""
     )
 

@@ -225,9 +225,12 @@ def test_compose_runs_each_concern_restarted_on_its_own_queue() -> None:
     for name in ["postgres", "redis", "web", "beat", "tick-worker", "sync-worker", "scaling-worker", "health-worker"]:
         assert services[name]["restart"] == "unless-stopped", name
     assert "--appendonly" in services["redis"]["command"]
-    assert compose_command("tick-worker")[3:] == ["--queues", "tick", "--concurrency", "1", "--hostname", "tick@%h"]
-    assert compose_command("sync-worker")[3:] == ["--queues", "sync,celery", "--concurrency", "4"]
-    assert compose_command("scaling-worker")[3:] == ["--queues", "scaling"]
-    assert compose_command("health-worker")[3:] == ["--pool", "threads", "--concurrency", "16", "--queues", "health"]
-    assert compose_command("beat")[3:] == ["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]
+    for name in ["tick-worker", "sync-worker", "scaling-worker", "health-worker"]:
+        assert compose_command(name)[1:4] == ["-A", "project", "worker"], name
+    assert compose_command("beat")[1:4] == ["-A", "project", "beat"]
+    assert compose_command("tick-worker")[4:] == ["--queues", "tick", "--concurrency", "1", "--hostname", "tick@%h"]
+    assert compose_command("sync-worker")[4:] == ["--queues", "sync,celery", "--concurrency", "4"]
+    assert compose_command("scaling-worker")[4:] == ["--queues", "scaling"]
+    assert compose_command("health-worker")[4:] == ["--pool", "threads", "--concurrency", "16", "--queues", "health"]
+    assert compose_command("beat")[4:] == ["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]
     assert compose_settings("sync-worker") == {"HEALTH_QUEUE": "health"}
