@@ -15,5 +15,6 @@ urlpatterns = [
     path("admin/", include("project.overview.urls")),  # the landing page; before the admin's own routes
     path("admin/", admin.site.urls),
     path("health/", include("resilience.urls")),
+    path("hooks/", include("sync.urls")),
     path("metrics", metrics, name="metrics"),
 ]

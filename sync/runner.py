@@ -22,7 +22,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
 from core.credentials import CredentialError, git_credential_env
@@ -249,7 +249,9 @@ def _commit_success(
         won = Fabric.objects.filter(id=fabric.id, lease_token=token, sync_status=SyncStatus.SYNCING).update(
             sync_status=SyncStatus.IN_SYNC,
             last_sync=finished,
-            next_sync_at=next_sync_after_success(finished, fabric.sync_interval, due_at=fabric.next_sync_at),
+            next_sync_at=_unless_moved(
+                fabric, next_sync_after_success(finished, fabric.sync_interval, due_at=fabric.next_sync_at)
+            ),
             consecutive_failures=0,
             # The Git result stands; a live failure is still what an operator should see.
             last_error=live.fabric_error if live is not None else "",
@@ -268,6 +270,21 @@ def _commit_success(
         if live is not None:
             store_outcome(live, fabric.cluster, run, finished)
         _finish_run(run, status, finished)
+
+
+def _unless_moved(fabric: Fabric, computed: datetime) -> Case:
+    """``computed``, unless the fabric's due time was moved while it synced: then the moved one.
+
+    A push (``sync.push_sync``) or an operator's edit of the source makes a fabric due
+    now even while its sync runs; that sync may have read the remote before the new
+    commit or the new settings, so the tick must sync it again rather than have this
+    outcome push the due time out by an interval.
+    """
+    return Case(
+        When(next_sync_at=fabric.next_sync_at, then=Value(computed)),
+        default=F("next_sync_at"),
+        output_field=DateTimeField(),
+    )
 
 
 def _finish_run(run: SyncRun, status: str, finished: datetime, error: Exception | None = None) -> None:
@@ -321,7 +338,9 @@ def record_failure(
         sync_status=SyncStatus.SUSPENDED if suspended else SyncStatus.ERROR,
         consecutive_failures=F("consecutive_failures") + 1,
         last_error=last_error,
-        next_sync_at=next_sync_after_failure(now, failures, fabric.sync_interval, settings.SYNC_FAILURE_BACKOFF_MAX),
+        next_sync_at=_unless_moved(
+            fabric, next_sync_after_failure(now, failures, fabric.sync_interval, settings.SYNC_FAILURE_BACKOFF_MAX)
+        ),
         lease_token="",
         lease_expires_at=None,
         lease_owner="",

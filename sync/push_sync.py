@@ -1,0 +1,117 @@
+"""What a Git push does to fabrics: make them due now, and claim and dispatch them like a tick.
+
+A push (``sync.webhooks.Push``, verified by ``sync.webhook_views``) never starts a
+sync by a path of its own: it makes the fabrics due and then claims them with the
+tick's own predicate and conditional UPDATE (``sync.leases.claim_ids``), publishing
+through the tick's ``sync.dispatch.publish``. So a tick and a push that coincide sync
+a fabric once, whichever claims first, and every rule of a scheduled sync (leases,
+retries, the poison-message guard, failure counting) holds for a pushed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import redis
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import Q
+
+from core.audit import audit_as_system
+from core.clients import redis_client
+from sync import leases
+from sync.dispatch import publish
+from sync.models import Fabric, SyncStatus
+from sync.webhooks import Push, normalise_git_url
+
+logger = logging.getLogger(__name__)
+
+TRIGGER = "webhook"
+# The inactive user that webhook-triggered syncs are audited as (core.audit.audit_as_system).
+AUDIT_USER = "webhook"
+
+
+@dataclass
+class PushOutcome:
+    matched: list[int] = field(default_factory=list)
+    claimed: list[int] = field(default_factory=list)
+    already_claimed: list[int] = field(default_factory=list)
+    debounced: bool = False
+
+
+def matching_fabric_ids(push: Push) -> list[int]:
+    """Enabled, unsuspended fabrics on the pushed branch whose Git URL is one the push names.
+
+    The database narrows by branch and by the repository's name (a substring of any
+    spelling of its URL); the URLs are then compared normalised, in Python.
+    """
+    names = {key.rsplit("/", 1)[-1] for key in push.repository_keys}
+    by_name = Q(pk__in=[])
+    for name in names:
+        by_name |= Q(git_url__icontains=name)
+    candidates = (
+        Fabric.objects.filter(by_name, sync_enabled=True, git_branch=push.branch)
+        .exclude(sync_status=SyncStatus.SUSPENDED)
+        .order_by("id")
+        .values_list("id", "git_url")
+    )
+    return [fabric_id for fabric_id, url in candidates if normalise_git_url(url) in push.repository_keys]
+
+
+def first_in_window(push: Push) -> bool:
+    """True for the first push of (repository, branch) within ``SYNC_WEBHOOK_DEBOUNCE_SECONDS``.
+
+    One atomic ``SET NX EX`` in ``REDIS_URL``. When Redis cannot answer, every push
+    dispatches: the lease still keeps a fabric from syncing twice at once.
+    """
+    seconds = settings.SYNC_WEBHOOK_DEBOUNCE_SECONDS
+    if seconds <= 0:
+        return True
+    digest = hashlib.sha256(f"{push.repository}\n{push.branch}".encode()).hexdigest()
+    try:
+        return bool(redis_client().set(cache.make_key(f"sync:webhook:{digest}"), 1, nx=True, ex=seconds))
+    except redis.RedisError as exc:
+        logger.warning("webhook debounce unavailable (%s): dispatching this push", type(exc).__name__)
+        return True
+
+
+def sync_on_push(push: Push, now: datetime) -> PushOutcome:
+    """Make the fabrics a push concerns due, and dispatch the first push of a burst.
+
+    1. Match (``matching_fabric_ids``); nothing matched: done.
+    2. Make them due now, one UPDATE, leases untouched. A fabric whose claim is held
+       (a sync is queued or running) therefore syncs again after it: the tick takes
+       it, since a sync that ends keeps a due time moved under it (``sync.runner``).
+       A fabric in failure backoff has its backoff cut short (the push is a new
+       commit); its failure count stays.
+    3. Debounce (``first_in_window``): a later push of the same branch within the
+       window stops here; its fabrics are due, so the tick syncs them.
+    4. Claim with the tick's predicate (``leases.claim_ids``): ids this claim won are
+       ``claimed``; the others were held, or a tick claimed them first.
+    5. Publish with trigger ``webhook`` (unpublished claims are released and the error
+       raised; the fabrics stay due) and audit each claimed fabric.
+    """
+    outcome = PushOutcome(matched=matching_fabric_ids(push))
+    if not outcome.matched:
+        return outcome
+    Fabric.objects.filter(id__in=outcome.matched).update(next_sync_at=now)
+    if not first_in_window(push):
+        outcome.debounced = True
+        return outcome
+    claim = leases.claim_ids(outcome.matched, now)
+    won = set(claim.fabric_ids)
+    outcome.claimed = claim.fabric_ids
+    outcome.already_claimed = [fabric_id for fabric_id in outcome.matched if fabric_id not in won]
+    if claim.fabric_ids:
+        publish(claim.fabric_ids, claim.token, TRIGGER)
+        commit = f" @ {push.commit[:12]}" if push.commit else ""
+        by = f" by {push.pusher}" if push.pusher else ""
+        audit_as_system(
+            AUDIT_USER,
+            Fabric.objects.filter(id__in=claim.fabric_ids),
+            f"Sync on push: {push.forge} push to {push.branch}{commit}{by}",
+        )
+    return outcome
