@@ -94,7 +94,10 @@ def test_git_authenticates_with_the_credential_and_the_token_is_never_in_argv_or
 
 def test_without_the_credential_the_server_refuses_and_the_failure_is_permanent(https_git, tmp_path):
     server, url = https_git
-    with pytest.raises(PermanentSyncError, match="could not read Username"):
+    with pytest.raises(
+        PermanentSyncError,
+        match=r"Authentication failed: 127.0.0.1 rejected the request \(no Git credential is set\) \(HTTP 401\)",
+    ):
         GitSource(url, "main", tmp_path / "cache", 30).remote_commit()
     assert server.requests
     assert not any(authorized for _method, _path, authorized in server.requests)
@@ -121,7 +124,7 @@ def test_a_wrong_token_fails_the_sync_for_good_without_echoing_either_token(http
     assert fabric.sync_status == SyncStatus.ERROR
     assert run.status == RunStatus.FAILED
     for text in (fabric.last_error, run.error_message):
-        assert text
+        assert text.startswith("Authentication failed: 127.0.0.1 rejected the fabric's Git credential (HTTP 401)")
         assert "wrong-t0ken" not in text
         assert "tok3n" not in text
 

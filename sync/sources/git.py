@@ -54,6 +54,13 @@ _PERMANENT_PATTERNS = re.compile(
     r"transport '.*' not allowed|invalid|returned error: 40[134]|does not exist in",
     re.IGNORECASE,
 )
+# What git says when the host answered 401 and there is nothing (left) to authenticate
+# with: it would prompt for a user name, which a sync never allows.
+_REJECTED_CREDENTIALS = re.compile(
+    r"authentication failed|could not read username|could not read password|terminal prompts disabled|"
+    r"returned error: 401",
+    re.IGNORECASE,
+)
 # "[user@]host:path", git's scp-like form
 _SCP_HOST = re.compile(r"^(?:[^@/]*@)?(?P<host>[^@/:]+):")
 
@@ -166,6 +173,14 @@ class GitSource:
         if completed.returncode != 0:
             stderr = redact(completed.stderr.decode("utf-8", "replace").strip())
             message = f"git {args[0]} failed: {stderr or 'exit code ' + str(completed.returncode)}"
+            if _REJECTED_CREDENTIALS.search(stderr):
+                # git's own words ("unable to read askpass response from '/bin/false'")
+                # would send an operator looking at the wrong thing.
+                raise PermanentSyncError(
+                    f"Authentication failed: {self.host or 'the Git host'} rejected "
+                    + ("the fabric's Git credential" if self._extra_env else "the request (no Git credential is set)")
+                    + f" (HTTP 401); set a valid token on the credential. git {args[0]}: {stderr.splitlines()[-1]}"
+                )
             if _PERMANENT_PATTERNS.search(stderr):
                 raise PermanentSyncError(message)
             raise TransientSyncError(message)
