@@ -1,0 +1,107 @@
+"""A bad link between a worker host and its services: latency, then connections reset.
+
+Real: the worker reaches the stack's private PostgreSQL and Valkey only through
+``FaultProxy`` (``tests/chaos/faultproxy.py``: real TCP both sides, latency per chunk,
+resets as TCP RSTs; user space because this kernel has no ``netem``). Ticks run beside
+the services, as beat's host would. Every fabric syncs from a real Git repository.
+
+Invariants and bounds:
+- 50 ms added on every chunk in each direction (a slow WAN link, a few hundred ms per
+  sync): every fabric of a tick synced within ``SYNC_SECONDS``, no failure counted.
+- Every connection of the worker reset three times, ``RESET_GAP`` s apart, while a
+  backlog syncs over that slow link: every fabric synced within lease + 2 ticks + drain of the last reset;
+  no fabric synced twice at once, none stuck, no failure counted for the link's fault
+  (consecutive failures stay 0), and the worker process survives.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.utils import timezone
+
+from sync.models import Fabric
+from tests.chaos.conftest import make_fabrics
+from tests.chaos.faultproxy import FaultProxy
+from tests.chaos.invariants import assert_healthy_history, not_synced_since
+from tests.chaos.scale import ChaosScale
+from tests.chaos.stack import CHAOS_ENV, ChaosStack
+
+pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
+
+LATENCY = 0.05
+SYNC_SECONDS = 180
+RESETS = 3
+RESET_GAP = 3.0
+TICK_SECONDS = 15
+LEASE_SECONDS = int(CHAOS_ENV["SYNC_LEASE_SECONDS"])
+DRAIN_SECONDS = 90  # the backlog itself, over the slow link
+
+
+def _worker_through(stack: ChaosStack, pg: FaultProxy, redis: FaultProxy) -> dict[str, str]:
+    broker = redis.url_for(stack.redis.url(0))
+    return {
+        "DATABASE_URL": pg.url_for(stack.database_url()),
+        "CELERY_BROKER_URL": broker,
+        "CELERY_RESULT_BACKEND": broker,
+        "REDIS_URL": broker,
+    }
+
+
+def _tick_until_synced(stack: ChaosStack, since: object, timeout: float) -> int:
+    """Tick every ``TICK_SECONDS`` (as beat would) until every fabric synced since ``since``."""
+    ticks, last = 0, 0.0
+    deadline = time.monotonic() + timeout
+    while not_synced_since(since):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, f"not synced within {timeout} s: {not_synced_since(since)}"  # type: ignore[arg-type]
+        if time.monotonic() - last >= TICK_SECONDS:
+            stack.tick()
+            ticks, last = ticks + 1, time.monotonic()
+        time.sleep(0.5)
+    return ticks
+
+
+def test_latency_then_resets_between_a_worker_and_its_services_lose_and_double_nothing(
+    chaos_stack: ChaosStack, chaos_scale: ChaosScale
+) -> None:
+    count = chaos_scale.n(20, minimum=10)
+    make_fabrics(chaos_stack, count, files=20)
+    host, pg_port = "127.0.0.1", chaos_stack.pg.port
+    with FaultProxy(host, pg_port) as pg, FaultProxy(host, chaos_stack.redis.port) as redis:
+        worker = chaos_stack.start_worker("far", concurrency=2, **_worker_through(chaos_stack, pg, redis))
+
+        # A slow link: everything still syncs, nothing fails.
+        pg.latency = redis.latency = LATENCY
+        with chaos_stack.orm():
+            since = timezone.now()
+            started = time.monotonic()
+            ticks = _tick_until_synced(chaos_stack, since, SYNC_SECONDS)
+            slow_seconds = time.monotonic() - started
+            assert set(Fabric.objects.values_list("consecutive_failures", flat=True)) == {0}
+            assert_healthy_history()
+
+        # Resets while a backlog syncs over the slow link (so connections are busy when cut).
+        with chaos_stack.orm():
+            since = timezone.now()
+            Fabric.objects.update(next_sync_at=since)
+        chaos_stack.tick()
+        time.sleep(2)  # the worker has begun syncing
+        cut = 0
+        for _ in range(RESETS):
+            cut += pg.reset() + redis.reset()
+            time.sleep(RESET_GAP)
+        assert cut, "no connection was open to cut"
+        last_reset = time.monotonic()
+        with chaos_stack.orm():
+            bound = LEASE_SECONDS + 2 * TICK_SECONDS + DRAIN_SECONDS
+            reset_ticks = _tick_until_synced(chaos_stack, since, bound)
+            recovered = time.monotonic() - last_reset
+            assert_healthy_history()
+            assert set(Fabric.objects.values_list("consecutive_failures", flat=True)) == {0}
+            assert worker.alive(), worker.log()
+    print(
+        f"\nnetwork: {count} fabrics; {LATENCY * 1000:.0f} ms per chunk: synced in {slow_seconds:.1f} s, "
+        f"{ticks} tick(s); {RESETS} resets ({cut} connections cut): all synced {recovered:.1f} s after the last, "
+        f"{reset_ticks} more tick(s)"
+    )
