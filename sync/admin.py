@@ -2,8 +2,19 @@
 
 The fabric changelist answers "what is broken and since when?" without opening a
 fabric: a coloured status, how long it has been failing, the age of the last
-success, when it is next due and the truncated last error, all from one query per
-page (counts and "failing since" are annotations, not per-row queries).
+success, when it is next due and the truncated last error. Its cost does not grow
+with the number of fabrics (issue 11; ``bench/admin.py``, docs/benchmarks.md):
+
+1. The counts (this page's total, the unfiltered total) run on the plain fabric
+   table: no resource count or "failing since" is computed to count rows.
+2. The page's rows come in one query (with their cluster row for the drift badge).
+3. Their resource counts and "failing since" come in one more query, for the ids on
+   the page only (``FabricChangeList``). Sorting by either column computes it for
+   every fabric matched, in the database, only when an operator asks for that order.
+
+Sync runs and resources are filtered by a fabric's name typed into a box, not by a
+list of every fabric, and by "started in the last hour / day / …" instead of a date
+drill-down that reads every row's date.
 
 Git URLs are shown only through ``Fabric.safe_git_url``: credentials embedded in a
 URL never reach a list, a message or the change form (see ``FabricForm``).
@@ -22,29 +33,37 @@ from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Case, Count, OuterRef, Q, QuerySet, Subquery, When
 from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, QueryDict
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
-from django.utils.text import Truncator
 from django.utils.timesince import timesince, timeuntil
 
+from core.admin_filters import DistinctValuesFilter, recent_filter
 from core.audit import audit
+from core.display import AdminListMixin, ago_stamped, clipped, stamp
 from core.redaction import MASK, redact, redact_url
 from sync import operations
-from sync.admin_drift import DriftFilter, FabricClusterInline, cluster_of, drift_badge
+from sync.admin_drift import DriftFilter, FabricClusterInline, FabricFilter, cluster_of, drift_badge
 from sync.admin_operations import FabricOperationsAdmin, count_fabrics, report_not_enqueued
 from sync.models import Fabric, FabricQuerySet, Resource, RunStatus, SyncRun, SyncStatus
 
 RECENT_RUNS = 10
+# Column widths in characters: with these the fabric and run lists fit 1600 px
+# (tests/test_admin_layout.py); the whole text is in each cell's tooltip.
 ERROR_CHARS = 80
+RUN_ERROR_CHARS = 60
+SOURCE_CHARS = 56
 # A due fabric not dispatched within this long means ticks are not running.
 OVERDUE_AFTER = timedelta(minutes=3)
 FAILED_RUN_STATUSES = (RunStatus.FAILED, RunStatus.RETRYING, RunStatus.LOST)
+# A fabric in a failure streak, or failing or suspended (the health filter, "failing since").
+FAILING = Q(consecutive_failures__gt=0) | Q(sync_status__in=operations.FAILING_STATUSES)
 
 STATUS_COLOURS: dict[str, str] = {
     SyncStatus.NEVER_SYNCED: "#6b7280",
@@ -79,21 +98,9 @@ def badge(label: str, colour: str, title: str = "") -> SafeString:
     )
 
 
-def age(moment: datetime | None, now: datetime, never: str = "never") -> str:
-    """'3 minutes ago' (one unit is enough at a glance), or ``never``."""
-    if moment is None:
-        return never
-    if now - moment < timedelta(minutes=1):
-        return "less than a minute ago"
-    return f"{timesince(moment, now, depth=1)} ago"
-
-
 def truncated(text: str, limit: int = ERROR_CHARS) -> SafeString | str:
     """The first ``limit`` characters, the whole (redacted) text on hover."""
-    if not text:
-        return DASH
-    safe = redact(text)
-    return format_html('<span title="{}">{}</span>', safe, Truncator(safe).chars(limit))
+    return clipped(redact(text), limit) if text else DASH
 
 
 def short_commit(commit: str) -> SafeString | str:
@@ -183,7 +190,7 @@ class HealthFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Fabric]) -> QuerySet[Fabric]:
         if self.value() == "failing":
-            return queryset.filter(Q(consecutive_failures__gt=0) | Q(sync_status__in=operations.FAILING_STATUSES))
+            return queryset.filter(FAILING)
         if self.value() == "overdue":
             return queryset.filter(
                 sync_enabled=True, next_sync_at__lt=timezone.now() - OVERDUE_AFTER, lease_expires_at__isnull=True
@@ -208,9 +215,17 @@ class RecentRunsFormSet(BaseInlineFormSet):
 class SyncRunDisplay:
     """Columns shared by the run inline and the run changelist."""
 
+    @admin.display(description="started", ordering="started_at")
+    def started(self, run: SyncRun) -> str:
+        return stamp(run.started_at)
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: SyncRun) -> SafeString:
-        return badge(run.get_status_display(), RUN_COLOURS.get(run.status, "#6b7280"))
+        label = run.get_status_display()
+        if run.attempt > 1:
+            label = f"{label} (attempt {run.attempt})"
+        where = f"attempt {run.attempt}" + (f" on {run.worker}" if run.worker else "")
+        return badge(label, RUN_COLOURS.get(run.status, "#6b7280"), where)
 
     @admin.display(description="duration", ordering="duration_ms")
     def duration(self, run: SyncRun) -> str:
@@ -226,7 +241,8 @@ class SyncRunDisplay:
 
     @admin.display(description="error")
     def error(self, run: SyncRun) -> SafeString | str:
-        return truncated(f"{run.error_class}: {run.error_message}" if run.error_class else run.error_message)
+        text = f"{run.error_class}: {run.error_message}" if run.error_class else run.error_message
+        return truncated(text, RUN_ERROR_CHARS)
 
     @admin.display(description="cluster", ordering="live_status")
     def live(self, run: SyncRun) -> SafeString | str:
@@ -242,7 +258,7 @@ class SyncRunDisplay:
 
 
 RUN_INLINE_FIELDS = (
-    "started_at",
+    "started",
     "trigger",
     "status_badge",
     "attempt",
@@ -274,6 +290,48 @@ class SyncRunInline(SyncRunDisplay, admin.TabularInline):
         return False
 
 
+# "Failing since": the first failed run after the last success (or, never synced, after creation).
+FIRST_FAILURE = Subquery(
+    SyncRun.objects.filter(
+        fabric=OuterRef("pk"),
+        status__in=FAILED_RUN_STATUSES,
+        started_at__gte=Coalesce(OuterRef("last_sync"), OuterRef("created_at")),
+    )
+    .order_by("started_at")
+    .values("started_at")[:1]
+)
+# The sort key of "failing since": failing fabrics by when they began failing, the others after them.
+FAILING_SINCE = Case(When(FAILING, then=Coalesce(FIRST_FAILURE, "last_attempt_at")), default=None)
+RESOURCE_TOTAL = Coalesce(
+    Subquery(
+        Resource.objects.filter(fabric=OuterRef("pk")).order_by().values("fabric").annotate(n=Count("pk")).values("n")
+    ),
+    0,
+)
+
+
+class FabricChangeList(ChangeList):
+    """The fabric list, with each shown fabric's resource count and "failing since"
+    computed for the page's fabrics only, in one query, after the page is chosen."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        self.result_list = with_page_columns(list(self.result_list))
+
+
+def with_page_columns(fabrics: list[Fabric]) -> list[Fabric]:
+    """Sets ``resource_total`` and ``first_failure_at`` on each of ``fabrics`` (one query)."""
+    if not fabrics:
+        return fabrics
+    rows = Fabric.objects.filter(pk__in=[f.pk for f in fabrics]).annotate(
+        resource_total=RESOURCE_TOTAL, first_failure_at=FIRST_FAILURE
+    )
+    columns = {pk: (total, since) for pk, total, since in rows.values_list("pk", "resource_total", "first_failure_at")}
+    for fabric in fabrics:
+        fabric.resource_total, fabric.first_failure_at = columns.get(fabric.pk, (0, None))  # type: ignore[attr-defined]
+    return fabrics
+
+
 STATE_FIELDS = (
     "sync_status",
     "last_sync",
@@ -297,8 +355,6 @@ class FabricAdmin(FabricOperationsAdmin):
         "failing_since",
         "last_success",
         "next_due",
-        "consecutive_failures",
-        "commit",
         "resource_count",
         "last_error_short",
         "source",
@@ -339,19 +395,12 @@ class FabricAdmin(FabricOperationsAdmin):
         ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Fabric]:
-        first_failure = (
-            SyncRun.objects.filter(
-                fabric=OuterRef("pk"),
-                status__in=FAILED_RUN_STATUSES,
-                started_at__gte=Coalesce(OuterRef("last_sync"), OuterRef("created_at")),
-            )
-            .order_by("started_at")
-            .values("started_at")[:1]
-        )
-        fabrics = cast(FabricQuerySet, super().get_queryset(request))
-        return fabrics.with_cluster().annotate(  # the drift badge: the cluster row in the same query
-            resource_total=Count("resources"), first_failure_at=Subquery(first_failure)
-        )
+        # The drift badge: the cluster row in the same query. No annotations here: the
+        # counts would compute them (see FabricChangeList).
+        return cast(FabricQuerySet, super().get_queryset(request)).with_cluster()
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return FabricChangeList
 
     # --- Columns ---
 
@@ -366,17 +415,28 @@ class FabricAdmin(FabricOperationsAdmin):
     def drift(self, fabric: Fabric) -> SafeString | str:
         return drift_badge(cluster_of(fabric), timezone.now())
 
-    @admin.display(description="failing since", ordering="first_failure_at")
-    def failing_since(self, fabric: Fabric) -> str:
+    @admin.display(description="failing since", ordering=FAILING_SINCE)
+    def failing_since(self, fabric: Fabric) -> SafeString | str:
         if fabric.consecutive_failures == 0 and fabric.sync_status not in operations.FAILING_STATUSES:
             return DASH
         # Runs may have been pruned: the last attempt is then the best we know.
         since = getattr(fabric, "first_failure_at", None) or fabric.last_attempt_at
-        return age(since, timezone.now(), never=DASH)
+        failures = fabric.consecutive_failures
+        if not failures:
+            return ago_stamped(since, timezone.now(), never=DASH)
+        return format_html(
+            "{}<br><small>{} failure{}</small>",
+            ago_stamped(since, timezone.now(), never=DASH),
+            failures,
+            "" if failures == 1 else "s",
+        )
 
-    @admin.display(description="last success", ordering="last_sync")
-    def last_success(self, fabric: Fabric) -> str:
-        return age(fabric.last_sync, timezone.now())
+    @admin.display(description="last success (commit)", ordering="last_sync")
+    def last_success(self, fabric: Fabric) -> SafeString | str:
+        when = ago_stamped(fabric.last_sync, timezone.now())
+        if not fabric.current_commit:
+            return when
+        return format_html("{}<br>{}", when, short_commit(fabric.current_commit))
 
     @admin.display(description="next due", ordering="next_sync_at")
     def next_due(self, fabric: Fabric) -> SafeString | str:
@@ -386,7 +446,7 @@ class FabricAdmin(FabricOperationsAdmin):
     def commit(self, fabric: Fabric) -> SafeString | str:
         return short_commit(fabric.current_commit)
 
-    @admin.display(description="resources", ordering="resource_total")
+    @admin.display(description="resources", ordering=RESOURCE_TOTAL)
     def resource_count(self, fabric: Fabric) -> int:
         return int(getattr(fabric, "resource_total", 0))
 
@@ -399,13 +459,14 @@ class FabricAdmin(FabricOperationsAdmin):
         return fabric.safe_git_url
 
     @admin.display(description="Git source")
-    def source(self, fabric: Fabric) -> SafeString:
+    def source(self, fabric: Fabric) -> SafeString | str:
         where = fabric.safe_git_url
         if fabric.git_branch:
             where = f"{where} @ {fabric.git_branch}"
         if fabric.git_path:
             where = f"{where} : {fabric.git_path}"
-        return format_html("<code>{}</code>", where)
+        # The middle goes: the host and the repository, branch and folder stay readable.
+        return clipped(where, SOURCE_CHARS, middle=True, code=True)
 
     # --- Saving: the edited columns only ---
 
@@ -463,7 +524,7 @@ def _plain(queryset: QuerySet[Fabric]) -> QuerySet[Fabric]:
 # --- Sync runs and resources: written by the system, read by operators ----------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(AdminListMixin, admin.ModelAdmin):
     """No adding or editing. Deleting stays possible (with the delete permission):
     the admin refuses to delete a fabric if its runs or resources could not be."""
 
@@ -481,23 +542,25 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(SyncRun)
 class SyncRunAdmin(SyncRunDisplay, ReadOnlyAdmin):
+    # The attempt and the worker are in the status badge's tooltip (and on the run's page).
     list_display = [
-        "started_at",
+        "started",
         "fabric",
         "trigger",
         "status_badge",
-        "attempt",
         "duration",
         "commit_short",
         "changes",
         "live",
         "error",
-        "worker",
     ]
-    list_filter = ["status", "trigger", "live_status", ("fabric", admin.RelatedOnlyFieldListFilter)]
+    list_filter = ["status", recent_filter("started_at", "started"), "trigger", "live_status", FabricFilter]
     list_select_related = ["fabric"]
     search_fields = ["fabric__name", "error_class", "error_message", "commit"]
-    date_hierarchy = "started_at"
+    list_per_page = 100
+    # One count per page, not two: the unfiltered total of 100,000 runs is not worth a second pass.
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
 
 
 # The spec is shown as indented JSON (spec_pretty) instead of the raw field.
@@ -514,14 +577,36 @@ RESOURCE_FIELDS = (
 )
 
 
+class KindFilter(DistinctValuesFilter):
+    title = "kind"
+    parameter_name = "kind"
+    field = "kind"
+
+
 @admin.register(Resource)
 class ResourceAdmin(ReadOnlyAdmin):
-    list_display = ["kind", "name", "namespace", "fabric", "api_version", "source_file", "updated_at"]
-    list_filter = ["kind", ("fabric", admin.RelatedOnlyFieldListFilter)]
+    # The API version is the kind's tooltip: a column of its own pushed "updated" off a 1600 px screen.
+    list_display = ["kind_of", "name", "namespace", "fabric", "source", "updated"]
+    list_filter = [KindFilter, FabricFilter]
     list_select_related = ["fabric"]
     search_fields = ["name", "namespace", "kind", "source_file", "fabric__name"]
     fields = RESOURCE_FIELDS
     readonly_fields = RESOURCE_FIELDS
+    list_per_page = 100
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+
+    @admin.display(description="kind", ordering="kind")
+    def kind_of(self, resource: Resource) -> SafeString:
+        return format_html('<span title="{}">{}</span>', resource.api_version, resource.kind)
+
+    @admin.display(description="source file", ordering="source_file")
+    def source(self, resource: Resource) -> SafeString | str:
+        return clipped(resource.source_file, SOURCE_CHARS, middle=True)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, resource: Resource) -> str:
+        return stamp(resource.updated_at)
 
     @admin.display(description="spec")
     def spec_pretty(self, resource: Resource) -> SafeString:

@@ -31,6 +31,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
 from core.audit import audit
+from core.display import AdminListMixin
 from core.redaction import redact
 from sync import operations
 from sync.admin_drift import cluster_of, drift_context, pending_prune, refusal_stamp
@@ -91,7 +92,7 @@ def report_not_enqueued(
         )
 
 
-class FabricOperationsAdmin(admin.ModelAdmin):
+class FabricOperationsAdmin(AdminListMixin, admin.ModelAdmin):
     """The cluster operations of the fabric admin (see the module docstring)."""
 
     # --- The change page: drift and operation buttons ---

@@ -190,6 +190,8 @@ class SyncRun(models.Model):
         indexes = [
             models.Index(fields=["fabric", "-started_at"], name="syncrun_fabric_recent_idx"),
             models.Index(fields=["status"], name="syncrun_status_idx"),
+            # The run list's default order (newest first) and its "started in the last …" filter.
+            models.Index(fields=["-started_at", "-id"], name="syncrun_recent_idx"),
         ]
 
     def __str__(self) -> str:
@@ -212,6 +214,8 @@ class Resource(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["fabric", "kind", "namespace", "name"], name="resource_unique_per_fabric")
         ]
+        # The resource list's kind filter reads the distinct kinds through it, one probe per kind.
+        indexes = [models.Index(fields=["kind"], name="resource_kind_idx")]
 
     def __str__(self) -> str:
         ns = f"{self.namespace}/" if self.namespace else ""

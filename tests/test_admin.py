@@ -107,7 +107,7 @@ def test_the_changelist_says_what_is_broken_and_since_when(admin_client):
     assert "In sync</span>" in html
     assert "42 minutes ago" in html  # failing since the first failure after the last success
     assert "3 hours ago" in html  # the last success
-    shown_error = re.search(r'<td class="field-last_error_short"><span title="[^"]*">([^<]*)</span>', html)
+    shown_error = re.search(r'<td class="field-last_error_short"><span class="clip" title="[^"]*">([^<]*)</span>', html)
     assert shown_error is not None
     assert shown_error.group(1).startswith("manifests/vlans.yaml:7:3: invalid YAML")
     assert len(shown_error.group(1)) == 80  # truncated; the whole error is in the title
