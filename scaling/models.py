@@ -208,6 +208,13 @@ class ScalingEvent(models.Model):
             models.Index(fields=["service", "-created_at"], name="scaling_event_service_idx"),
             # The cooldown query: the last successful action of a service.
             models.Index(fields=["service", "success", "action", "-created_at"], name="scaling_event_cooldown_idx"),
+            # The same question as one index probe whatever the actions' mix (the policy list asks it
+            # per policy; without it a dry-run policy, which never really scales, read every event).
+            models.Index(
+                fields=["service", "dry_run", "-created_at"],
+                condition=models.Q(success=True, action__in=["up", "down"]),
+                name="scaling_event_scaled_idx",
+            ),
         ]
 
     def __str__(self) -> str:
