@@ -10,7 +10,12 @@
 - Circuit breakers: the snapshot refreshed each tick, and which calls each one guards;
   actions force open, disable, reset and forget act on the live state in Redis and
   refresh the row.
-- Transitions and healing attempts: read-only history, filterable.
+- Transitions and healing attempts: read-only history, filterable by "in the last
+  hour / day / …" (an indexed range, not a drill-down that reads every row's date).
+
+Components are listed worst first: unhealthy, then stale, degraded, unknown, healthy.
+Rows only the system writes (components, transitions, attempts, breakers) cannot be
+added here. Times carry seconds and the zone; long messages are cut, whole on hover.
 
 Every action that changes state needs the change permission (a view-only user is not
 offered it) and leaves one admin log entry per object it changed: who, what, when.
@@ -21,15 +26,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
-from django.utils.timesince import timesince
 
+from core.admin_filters import recent_filter
+from core.display import AdminListMixin, ago_stamped, clipped, stamp
 from core.guards import guard_description
+from core.redaction import redact
 from resilience import healing, snapshots, verdict
 from resilience.models import (
     CircuitBreakerState,
@@ -66,8 +73,28 @@ def badge(label: str, key: str) -> SafeString:
     )
 
 
-def ago(moment: datetime | None) -> str:
-    return f"{timesince(moment, timezone.now(), depth=1)} ago" if moment else "—"
+MESSAGE_CHARS = 80
+
+
+def ago(moment: datetime | None) -> SafeString | str:
+    return ago_stamped(moment, timezone.now(), never="—")
+
+
+def message_cell(text: str) -> SafeString | str:
+    return clipped(redact(text), MESSAGE_CHARS)
+
+
+def severity(now: datetime) -> Case:
+    """The order components are listed in: what needs an operator first."""
+    stale = Q(last_checked_at__lt=now - verdict.stale_after())
+    return Case(
+        When(status=HealthStatus.UNHEALTHY, then=Value(0)),
+        When(stale, then=Value(1)),
+        When(status=HealthStatus.DEGRADED, then=Value(2)),
+        When(status=HealthStatus.UNKNOWN, then=Value(3)),
+        default=Value(4),
+        output_field=IntegerField(),
+    )
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -85,16 +112,24 @@ class ReadOnlyInline(admin.TabularInline):
 
 class TransitionInline(ReadOnlyInline):
     model = HealthTransition
-    fields = ("at", "from_status", "to_status", "message")
+    fields = ("when", "from_status", "to_status", "message")
     readonly_fields = fields
     ordering = ("-at",)
+
+    @admin.display(description="at")
+    def when(self, obj: HealthTransition) -> str:
+        return stamp(obj.at)
 
 
 class AttemptInline(ReadOnlyInline):
     model = HealingAttempt
-    fields = ("started_at", "action", "attempt", "outcome", "host", "message")
+    fields = ("started", "action", "attempt", "outcome", "host", "message")
     readonly_fields = fields
     ordering = ("-started_at",)
+
+    @admin.display(description="started")
+    def started(self, obj: HealingAttempt) -> str:
+        return stamp(obj.started_at)
 
 
 class FreshnessFilter(admin.SimpleListFilter):
@@ -116,7 +151,7 @@ class FreshnessFilter(admin.SimpleListFilter):
 
 
 @admin.register(ComponentHealth)
-class ComponentHealthAdmin(admin.ModelAdmin):
+class ComponentHealthAdmin(AdminListMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "status_badge",
@@ -124,15 +159,12 @@ class ComponentHealthAdmin(admin.ModelAdmin):
         "component_type",
         "critical",
         "consecutive_failures",
-        "needs_attention",
-        "in_maintenance",
-        "heal_attempts",
+        "healing",
         "checked",
-        "last_message",
+        "message",
     )
     list_filter = ("status", FreshnessFilter, "component_type", "critical", "needs_attention", "in_maintenance")
     search_fields = ("name", "last_message")
-    ordering = ("status", "name")
     readonly_fields = (
         "name",
         "component_type",
@@ -161,7 +193,18 @@ class ComponentHealthAdmin(admin.ModelAdmin):
         verdict.notice_stale_scheduler()  # before the rows are read, so the list shows it
         return super().changelist_view(request, extra_context)
 
-    @admin.display(description="status", ordering="status")
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ComponentHealth]:
+        # ModelAdmin.get_queryset with the annotation its ordering needs added first.
+        components = ComponentHealth.objects.annotate(severity=severity(timezone.now()))
+        return components.order_by(*self.get_ordering(request))
+
+    def get_ordering(self, request: HttpRequest) -> list[str]:
+        return ["severity", "name"]  # unhealthy first, healthy last
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a component appears when its check first reports
+
+    @admin.display(description="status", ordering="severity")
     def status_badge(self, obj: ComponentHealth) -> SafeString:
         if verdict.display_status(obj.status, obj.last_checked_at, timezone.now()) == verdict.STALE:
             return format_html(
@@ -172,12 +215,29 @@ class ComponentHealthAdmin(admin.ModelAdmin):
         return badge(obj.get_status_display(), obj.status)
 
     @admin.display(description="since", ordering="status_since")
-    def since(self, obj: ComponentHealth) -> str:
+    def since(self, obj: ComponentHealth) -> SafeString | str:
         return ago(obj.status_since)
 
     @admin.display(description="checked", ordering="last_checked_at")
-    def checked(self, obj: ComponentHealth) -> str:
+    def checked(self, obj: ComponentHealth) -> SafeString | str:
         return ago(obj.last_checked_at)
+
+    @admin.display(description="healing")
+    def healing(self, obj: ComponentHealth) -> SafeString | str:
+        """Whether healing may act, and what it spent: one column instead of three."""
+        spent = f"{obj.heal_attempts} attempt{'' if obj.heal_attempts == 1 else 's'}" if obj.heal_attempts else ""
+        if obj.in_maintenance:
+            state = "in maintenance"
+        elif obj.needs_attention:
+            state = "needs attention"
+        else:
+            return spent or "—"
+        label = format_html('<strong style="color:#b91c1c">{}</strong>', state)
+        return format_html("{}<br><small>{}</small>", label, spent) if spent else label
+
+    @admin.display(description="last message", ordering="last_message")
+    def message(self, obj: ComponentHealth) -> SafeString | str:
+        return message_cell(obj.last_message)
 
     def save_model(self, request: HttpRequest, obj: ComponentHealth, form: ModelForm, change: bool) -> None:
         # Only what the operator changed: tracking and healing write the other fields meanwhile.
@@ -214,7 +274,7 @@ class ComponentHealthAdmin(admin.ModelAdmin):
 
 
 @admin.register(CircuitBreakerState)
-class CircuitBreakerStateAdmin(admin.ModelAdmin):
+class CircuitBreakerStateAdmin(AdminListMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "guards",
@@ -224,8 +284,8 @@ class CircuitBreakerStateAdmin(admin.ModelAdmin):
         "rejected_calls",
         "total_calls",
         "opened",
-        "open_until",
-        "refreshed_at",
+        "trial_from",
+        "refreshed",
     )
     list_filter = ("state",)
     search_fields = ("name",)
@@ -240,12 +300,20 @@ class CircuitBreakerStateAdmin(admin.ModelAdmin):
         return badge(obj.get_state_display(), obj.state)
 
     @admin.display(description="opened", ordering="opened_at")
-    def opened(self, obj: CircuitBreakerState) -> str:
+    def opened(self, obj: CircuitBreakerState) -> SafeString | str:
         return ago(obj.opened_at) if obj.state != "closed" else "—"
 
+    @admin.display(description="open until", ordering="open_until")
+    def trial_from(self, obj: CircuitBreakerState) -> str:
+        return stamp(obj.open_until) if obj.state != "closed" else "—"
+
+    @admin.display(description="refreshed", ordering="refreshed_at")
+    def refreshed(self, obj: CircuitBreakerState) -> str:
+        return stamp(obj.refreshed_at)
+
     @admin.display(description="guards")
-    def guards(self, obj: CircuitBreakerState) -> str:
-        return guard_description(obj.name) or "—"
+    def guards(self, obj: CircuitBreakerState) -> SafeString | str:
+        return clipped(guard_description(obj.name), 60)
 
     def _operate(
         self, request: HttpRequest, queryset: QuerySet[CircuitBreakerState], operation: str, done: str
@@ -278,12 +346,25 @@ class CircuitBreakerStateAdmin(admin.ModelAdmin):
 
 
 @admin.register(HealthTransition)
-class HealthTransitionAdmin(admin.ModelAdmin):
-    list_display = ("at", "component", "from_status", "to_badge", "message")
-    list_filter = ("to_status", "component__component_type")
+class HealthTransitionAdmin(AdminListMixin, admin.ModelAdmin):
+    list_display = ("when", "component", "from_status", "to_badge", "short_message")
+    list_filter = (
+        recent_filter("at"),
+        "to_status",
+        ("component__component_type", admin.ChoicesFieldListFilter),  # the choices, not a DISTINCT over a join
+    )
     search_fields = ("component__name", "message")
     list_select_related = ("component",)
-    date_hierarchy = "at"
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+
+    @admin.display(description="at", ordering="at")
+    def when(self, obj: HealthTransition) -> str:
+        return stamp(obj.at)
+
+    @admin.display(description="message")
+    def short_message(self, obj: HealthTransition) -> SafeString | str:
+        return message_cell(obj.message)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -297,12 +378,21 @@ class HealthTransitionAdmin(admin.ModelAdmin):
 
 
 @admin.register(HealingAttempt)
-class HealingAttemptAdmin(admin.ModelAdmin):
-    list_display = ("started_at", "component", "action", "attempt", "outcome_badge", "host", "message")
-    list_filter = ("outcome", "action")
+class HealingAttemptAdmin(AdminListMixin, admin.ModelAdmin):
+    list_display = ("started", "component", "action", "attempt", "outcome_badge", "host", "short_message")
+    list_filter = (recent_filter("started_at", "started"), "outcome", "action")
     search_fields = ("component__name", "message")
     list_select_related = ("component",)
-    date_hierarchy = "started_at"
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, obj: HealingAttempt) -> str:
+        return stamp(obj.started_at)
+
+    @admin.display(description="message")
+    def short_message(self, obj: HealingAttempt) -> SafeString | str:
+        return message_cell(obj.message)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
