@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from copy import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -113,8 +114,8 @@ def _config(title: str, **options: Any) -> dict[str, Any]:
         "height": 280,
         "explicit_size": False,
         "legend_at_bottom": True,
-        "legend_at_bottom_columns": 4,
-        "truncate_legend": 40,
+        "legend_at_bottom_columns": 3,
+        "truncate_legend": 32,
         "show_y_guides": True,
         "dots_size": 3,
         "no_data_text": "No data yet",
@@ -182,19 +183,25 @@ def sync_lag_chart(runs: list[RunRow], now: datetime) -> Chart:
 
 
 def sync_outcomes_chart(runs: list[RunRow], now: datetime) -> Chart:
-    chart = pygal.StackedBar(**_config("Sync runs by outcome", x_label_rotation=30, show_minor_x_labels=False))
-    drawn = 0
+    counts: Counter[tuple[datetime, str]] = Counter()
+    buckets: list[datetime] = []
     if runs:
         size = bucket_seconds(runs[0].started_at, now)
         buckets = _buckets(runs[0].started_at, now, size)
         counts = Counter((bucket_of(r.started_at, size), r.status) for r in runs)
+    present = [status for status in RunStatus if any(key[1] == status.value for key in counts)]
+    # One colour per outcome, in the order the series are added (green success, red failure).
+    style = copy(STYLE)
+    style.colors = tuple(OUTCOME_COLOURS.get(status, "#6b7280") for status in present) or STYLE.colors
+    chart = pygal.StackedBar(
+        **_config("Sync runs by outcome", x_label_rotation=30, show_minor_x_labels=False, style=style)
+    )
+    if buckets:
         chart.x_labels = [_label(b) for b in buckets]
         chart.x_labels_major = chart.x_labels[:: max(1, len(buckets) // 12)]
-        for status in RunStatus:
-            values = [counts.get((b, status.value)) or None for b in buckets]
-            if any(values):
-                chart.add(str(status.label), values, color=OUTCOME_COLOURS.get(status, "#6b7280"))
-        drawn = len(counts)
+    for status in present:
+        chart.add(str(status.label), [counts.get((b, status.value)) or None for b in buckets])
+    drawn = len(counts)
     return Chart("sync-outcomes", "Sync outcomes", _svg(chart), drawn)
 
 
@@ -252,11 +259,14 @@ def health_timeline_chart(now: datetime) -> Chart:
             **({"y_labels": sorted(LEVELS.values())} if chosen else {}),
         )
     )
+    # The line starts a little before the first transition shown, not a day back.
+    first_at = min((by_component[c.pk][0][2] for c in chosen), default=now)
+    start = max(since, first_at - max((now - first_at) / 10, timedelta(minutes=1)))
     drawn = 0
     for component in sorted(chosen, key=lambda c: c.name):
         transitions = by_component[component.pk]
         first_from = transitions[0][0]
-        points: list[Any] = [{"value": (since, LEVELS[HealthStatus(first_from)]), "node": {"r": 0}}]
+        points: list[Any] = [{"value": (start, LEVELS[HealthStatus(first_from)]), "node": {"r": 0}}]
         for before, after, at in transitions:
             points.append({"value": (at, LEVELS[HealthStatus(before)]), "node": {"r": 0}})
             points.append((at, LEVELS[HealthStatus(after)]))  # the transition itself: a dot
