@@ -251,3 +251,21 @@ def test_the_recent_filter_keeps_only_rows_of_the_last_hour(admin_client):
 
     assert last_hour.context["cl"].result_count == 1
     assert last_day.context["cl"].result_count == 2
+
+
+def test_a_deep_page_reads_its_ids_through_the_index_first_and_shows_the_same_rows(admin_client):
+    fabric = Fabric.objects.create(name="east", git_url="/x")
+    now = timezone.now()
+    SyncRun.objects.bulk_create(
+        SyncRun(fabric=fabric, trigger="schedule", started_at=now - timedelta(seconds=i // 2)) for i in range(1250)
+    )
+
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(changelist("sync_syncrun"), {"p": "12"})  # rows 1100 to 1199
+
+    expected = list(SyncRun.objects.order_by("-started_at", "-id").values_list("pk", flat=True)[1100:1200])
+    assert [run.pk for run in response.context["cl"].result_list] == expected
+    ids_first = [q["sql"] for q in captured.captured_queries if q["sql"].startswith('SELECT "sync_syncrun"."id" AS')]
+    assert len(ids_first) == 1
+    assert "OFFSET 1100" in ids_first[0]
+    assert "sync_fabric" not in ids_first[0]  # no join for the rows skipped
