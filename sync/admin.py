@@ -42,11 +42,10 @@ from django.http import HttpRequest, QueryDict
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
-from django.utils.timesince import timesince, timeuntil
 
 from core.admin_filters import DistinctValuesFilter, recent_filter
 from core.audit import audit
-from core.display import AdminListMixin, ago_stamped, clipped, stamp
+from core.display import AdminListMixin, ago_stamped, clipped, span, stamp
 from core.redaction import MASK, redact, redact_url
 from sync import operations
 from sync.admin_drift import DriftFilter, FabricClusterInline, FabricFilter, cluster_of, drift_badge
@@ -103,6 +102,14 @@ def truncated(text: str, limit: int = ERROR_CHARS) -> SafeString | str:
     return clipped(redact(text), limit) if text else DASH
 
 
+def safe_error(fabric: Fabric) -> str:
+    """The fabric's last error, redacted once per row (the status tooltip and the error column both show it)."""
+    cached: str | None = getattr(fabric, "_safe_error", None)
+    if cached is None:
+        cached = fabric._safe_error = redact(fabric.last_error)  # type: ignore[attr-defined]
+    return cached
+
+
 def short_commit(commit: str) -> SafeString | str:
     return format_html("<code>{}</code>", commit[:10]) if commit else DASH
 
@@ -116,11 +123,11 @@ def describe_next_due(fabric: Fabric, now: datetime) -> SafeString | str:
     if fabric.sync_status in operations.LEASED_STATUSES:
         return "syncing now" if fabric.sync_status == SyncStatus.SYNCING else "queued"
     if fabric.next_sync_at > now:
-        return f"in {timeuntil(fabric.next_sync_at, now, depth=1)}"
+        return f"in {span((fabric.next_sync_at - now).total_seconds())}"
     if now - fabric.next_sync_at > OVERDUE_AFTER:
         # Due for minutes yet not dispatched: the master tick is not running.
         return format_html(
-            '<span style="color:#b91c1c">overdue by {}</span>', timesince(fabric.next_sync_at, now, depth=1)
+            '<span style="color:#b91c1c">overdue by {}</span>', span((now - fabric.next_sync_at).total_seconds())
         )
     return "due now"
 
@@ -409,7 +416,7 @@ class FabricAdmin(FabricOperationsAdmin):
         label = fabric.get_sync_status_display()
         if not fabric.sync_enabled:
             label = f"{label} (disabled)"
-        return badge(label, STATUS_COLOURS.get(fabric.sync_status, "#6b7280"), redact(fabric.last_error))
+        return badge(label, STATUS_COLOURS.get(fabric.sync_status, "#6b7280"), safe_error(fabric))
 
     @admin.display(description="drift", ordering="cluster__drift_status")
     def drift(self, fabric: Fabric) -> SafeString | str:
@@ -452,7 +459,7 @@ class FabricAdmin(FabricOperationsAdmin):
 
     @admin.display(description="last error")
     def last_error_short(self, fabric: Fabric) -> SafeString | str:
-        return truncated(fabric.last_error)
+        return clipped(safe_error(fabric), ERROR_CHARS)
 
     @admin.display(description="Git URL")
     def git_url_redacted(self, fabric: Fabric) -> str:
