@@ -267,8 +267,7 @@ class SyncRunDisplay:
 RUN_INLINE_FIELDS = (
     "started",
     "trigger",
-    "status_badge",
-    "attempt",
+    "status_badge",  # with the attempt when it is not the first
     "duration",
     "commit_short",
     "changes",
@@ -427,16 +426,11 @@ class FabricAdmin(FabricOperationsAdmin):
         if fabric.consecutive_failures == 0 and fabric.sync_status not in operations.FAILING_STATUSES:
             return DASH
         # Runs may have been pruned: the last attempt is then the best we know.
-        since = getattr(fabric, "first_failure_at", None) or fabric.last_attempt_at
-        failures = fabric.consecutive_failures
+        since = ago_stamped(getattr(fabric, "first_failure_at", None) or fabric.last_attempt_at, timezone.now(), DASH)
+        failures = fabric.consecutive_failures  # the streak's length, under its start
         if not failures:
-            return ago_stamped(since, timezone.now(), never=DASH)
-        return format_html(
-            "{}<br><small>{} failure{}</small>",
-            ago_stamped(since, timezone.now(), never=DASH),
-            failures,
-            "" if failures == 1 else "s",
-        )
+            return since
+        return format_html("{}<br><small>{} failure{}</small>", since, failures, "" if failures == 1 else "s")
 
     @admin.display(description="last success (commit)", ordering="last_sync")
     def last_success(self, fabric: Fabric) -> SafeString | str:
@@ -448,10 +442,6 @@ class FabricAdmin(FabricOperationsAdmin):
     @admin.display(description="next due", ordering="next_sync_at")
     def next_due(self, fabric: Fabric) -> SafeString | str:
         return describe_next_due(fabric, timezone.now())
-
-    @admin.display(description="commit", ordering="current_commit")
-    def commit(self, fabric: Fabric) -> SafeString | str:
-        return short_commit(fabric.current_commit)
 
     @admin.display(description="resources", ordering=RESOURCE_TOTAL)
     def resource_count(self, fabric: Fabric) -> int:
