@@ -17,4 +17,5 @@ urlpatterns = [
     path("health/", include("resilience.urls")),
     path("hooks/", include("sync.urls")),
     path("metrics", metrics, name="metrics"),
+    path("api/", include("project.api.urls")),  # the JSON API (docs/api.md)
 ]

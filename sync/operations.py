@@ -51,6 +51,8 @@ class ManualSyncOutcome:
     error: str = ""
     # Compare / Reconcile now: fabrics without a cluster (or, to reconcile, in observe mode).
     not_applicable: list[str] = field(default_factory=list)
+    # The claim token of each enqueued fabric, by id: the run it starts carries it (the API returns it).
+    tokens: dict[int, str] = field(default_factory=dict)
 
 
 def enqueue_manual_syncs(
@@ -92,6 +94,7 @@ def enqueue_manual_syncs(
             logger.exception("could not enqueue a manual sync of fabric %s", fabric.name)
             continue
         outcome.enqueued.append(fabric.name)
+        outcome.tokens[fabric.id] = token
     return outcome
 
 

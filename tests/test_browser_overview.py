@@ -14,11 +14,13 @@ from datetime import timedelta
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from playwright.sync_api import Page
 
 from core.tick import run_tick
+from project.overview import workers
 from project.tasks import MASTER_TASK_NAME
 from resilience.models import HealthTransition
 from sync import operations
@@ -52,6 +54,11 @@ def settled(*fabrics: Fabric) -> bool:
     )
 
 
+def worker_answered(hostname: str) -> bool:
+    cache.delete(workers.WORKERS_KEY)
+    return hostname in workers.queue_workers().queues.get("sync", [])
+
+
 def chart_values(page: Page, key: str) -> list[str]:
     """The values pygal wrote into each data point's ``<desc class="value">``."""
     return page.locator(f"#chart-{key} svg desc.value").evaluate_all("nodes => nodes.map(n => n.textContent)")
@@ -76,6 +83,9 @@ def test_the_overview_lists_a_failing_fabric_and_charts_the_runs_a_real_tick_sta
     wait_for(lambda: SyncRun.objects.filter(fabric=bootstrapped).count() == 2 and settled(bootstrapped), timeout=60)
     wait_for(lambda: HealthTransition.objects.exists(), timeout=SETTLE_SECONDS, message=celery_worker.log())
     runs = SyncRun.objects.count()
+    # The page reads the shared cached broadcast: ask until this worker has answered one (on
+    # a loaded machine a reply can miss the one-second window once), as the page would.
+    wait_for(lambda: worker_answered(celery_worker.hostname), timeout=30, message="the worker never answered")
 
     with chromium_page() as page:
         log_in(page, live_server.url, settings.ADMIN_USERNAME)
