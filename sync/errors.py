@@ -16,6 +16,12 @@ class DatabaseUnavailable(Exception):
     lease once the database is back (``sync.tasks``)."""
 
 
+class WorkerResourcesExhausted(DatabaseUnavailable):
+    """The worker process ran out of file descriptors (the machine's fault, not the
+    fabric's): handled like a database outage, which it usually also is, since no
+    connection can be opened. Nothing is counted; the delivery retries and resumes."""
+
+
 class SyncError(Exception):
     """Base class; the message is already redacted and meant for operators."""
 

@@ -26,9 +26,16 @@ from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
 from core.credentials import CredentialError, git_credential_env
+from core.process_limits import is_resource_exhaustion
 from core.redaction import redact
 from sync import leases
-from sync.errors import DatabaseUnavailable, PermanentSyncError, SyncError, TransientSyncError
+from sync.errors import (
+    DatabaseUnavailable,
+    PermanentSyncError,
+    SyncError,
+    TransientSyncError,
+    WorkerResourcesExhausted,
+)
 from sync.live.sync_step import LiveOutcome, run_live_step, store_outcome, stored_documents
 from sync.manifests import parse_manifests
 from sync.models import Fabric, FabricCluster, RunStatus, SyncRun, SyncStatus
@@ -116,6 +123,10 @@ def run_sync(
         # Wherever the connection broke (even while recording another failure), the
         # database is the one that failed; the caller waits for it and resumes.
         raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from None
+    except OSError as exc:
+        if not is_resource_exhaustion(exc):
+            raise
+        raise WorkerResourcesExhausted(f"worker out of file descriptors: {exc.strerror}") from None
 
 
 def _run_sync(
@@ -144,12 +155,14 @@ def _run_sync(
     except SoftTimeLimitExceeded:
         error: SyncError = TransientSyncError(f"sync exceeded its soft time limit of {settings.SYNC_SOFT_TIME_LIMIT} s")
         will_retry = False
-    except (OperationalError, InterfaceError):
-        raise  # the database went away: not this fabric's failure (run_sync)
+    except (OperationalError, InterfaceError, DatabaseUnavailable):
+        raise  # the database went away (or no connection can be opened): not this fabric's failure (run_sync)
     except DatabaseError as exc:
         error = TransientSyncError(f"database error: {redact(str(exc))}")
         will_retry = may_retry
     except Exception as exc:  # a bug or an unforeseen input: fail this fabric only, loudly
+        if is_resource_exhaustion(exc):
+            raise  # the worker is out of file descriptors: the machine's failure (run_sync)
         # The traceback redacted: the logging filter redacts messages, not tracebacks.
         details = redact("".join(traceback.format_exception(exc)))
         logger.error("unexpected error syncing fabric %s:\n%s", fabric.name, details)

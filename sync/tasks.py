@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
+from core.process_limits import descriptors_exhausted, is_resource_exhaustion
 from sync import claim_markers, leases
 from sync.errors import DatabaseUnavailable, PermanentSyncError, TransientSyncError
 from sync.models import Fabric
@@ -61,7 +62,10 @@ def _retry_through_outage(
         "outage_since": since,
         "outage_retries": outage_retries + 1,
     }
-    logger.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, countdown)
+    cause = descriptors_exhausted()
+    logger.warning(
+        "database unavailable (%s%s); retrying in %.1f s", type(exc).__name__, f"; {cause}" if cause else "", countdown
+    )
     return task.retry(countdown=countdown, kwargs=kwargs, max_retries=task.request.retries + 1)
 
 
@@ -106,7 +110,9 @@ def sync_fabric(
     worker = _attempt_name(self, nonce)
     try:
         begun = leases.begin(fabric_id, token, timezone.now(), worker, resume=resume)
-    except DATABASE_OUTAGE as exc:
+    except (*DATABASE_OUTAGE, OSError) as exc:
+        if isinstance(exc, OSError) and not is_resource_exhaustion(exc):
+            raise
         # begin may have committed before the connection dropped: the retry resumes it.
         raise _retry_through_outage(self, exc, nonce, outage_since, outage_retries) from None
     if begun.outcome is leases.BeginOutcome.SUPERSEDED:

@@ -37,8 +37,9 @@ from django.core.exceptions import ValidationError
 from core import guards
 from core.breaker import CircuitBreaker, CircuitBreakerOpenError, Permit, default_config
 from core.breaker_core import BreakerConfig
+from core.process_limits import is_resource_exhaustion
 from core.redaction import redact
-from sync.errors import PermanentSyncError, SyncError, TransientSyncError
+from sync.errors import PermanentSyncError, SyncError, TransientSyncError, WorkerResourcesExhausted
 from sync.manifests import decode_path
 from sync.validators import validate_git_url
 
@@ -207,6 +208,8 @@ class GitSource:
         except subprocess.TimeoutExpired:
             return TransientSyncError(f"git {name} timed out after {self.timeout} s")
         except OSError as exc:
+            if is_resource_exhaustion(exc):
+                raise WorkerResourcesExhausted(f"could not run git: {exc.strerror}") from None
             return TransientSyncError(f"could not run git: {exc.strerror or type(exc).__name__}")
 
     def _remote(self, *args: str, in_cache: bool = False) -> bytes:

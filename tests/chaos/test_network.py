@@ -69,7 +69,14 @@ def test_latency_then_resets_between_a_worker_and_its_services_lose_and_double_n
     make_fabrics(chaos_stack, count, files=20)
     host, pg_port = "127.0.0.1", chaos_stack.pg.port
     with FaultProxy(host, pg_port) as pg, FaultProxy(host, chaos_stack.redis.port) as redis:
-        worker = chaos_stack.start_worker("far", concurrency=2, **_worker_through(chaos_stack, pg, redis))
+        through = _worker_through(chaos_stack, pg, redis)
+        worker = chaos_stack.start_worker(
+            "far",
+            DATABASE_URL=through["DATABASE_URL"],
+            CELERY_BROKER_URL=through["CELERY_BROKER_URL"],
+            CELERY_RESULT_BACKEND=through["CELERY_RESULT_BACKEND"],
+            REDIS_URL=through["REDIS_URL"],
+        )
 
         # A slow link: everything still syncs, nothing fails.
         pg.latency = redis.latency = LATENCY
