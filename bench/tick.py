@@ -10,14 +10,19 @@ same broker and database:
    the total publishing work is visible, not just the part the tick does.
 4. Time bare ``group(noop.s() for _ in range(N)).apply_async()`` to the same broker:
    the baseline.
-5. Print the numbers and the ratio tick / group (target: at most 0.25).
+5. Time a plain ``apply_async`` loop of N no-op tasks on one producer: the cheapest way
+   to publish N messages, the baseline for the total publishing work (tick + fan-out).
+6. Print the numbers and the ratios tick / group (target: at most 0.25) and
+   (tick + fan-out) / loop.
 
-Every message goes to a queue of the benchmark's own, emptied between phases and
-deleted at the end: it never purges a queue someone else may be using.
+The broker is a private Valkey this benchmark starts (``bench._private``) and stops:
+every message goes to a queue of the benchmark's own on a server nobody else uses, so
+emptying it between phases can never drop someone else's messages.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -28,7 +33,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-import django
+from bench._private import PrivateValkey
+
+VALKEY = PrivateValkey()
+atexit.register(VALKEY.stop)  # however the run ends
+for _name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL"):
+    os.environ[_name] = VALKEY.url(0)
+os.environ.pop("CACHE_URL", None)
+
+import django  # noqa: E402
 
 django.setup()
 
@@ -64,14 +77,10 @@ def create_due_fabrics(now: datetime) -> None:
     )
 
 
-def empty_bench_queue(delete: bool = False) -> None:
-    """Drop the messages of BENCH_QUEUE (only this run publishes there); ``delete`` removes the queue too."""
+def empty_bench_queue() -> None:
+    """Drop the messages of BENCH_QUEUE, on the private broker (only this run publishes there)."""
     with app.connection_for_write() as conn:
-        queue = app.amqp.queues[BENCH_QUEUE].bind(conn.default_channel)
-        queue.purge()
-        if delete:
-            queue.declare()  # Kombu deletes only the bindings this channel knows of
-            queue.delete()
+        app.amqp.queues[BENCH_QUEUE].bind(conn.default_channel).purge()
 
 
 def main() -> None:
@@ -98,6 +107,13 @@ def main() -> None:
     group(noop.s() for _ in range(N)).apply_async()
     group_seconds = time.perf_counter() - started
     empty_bench_queue()
+
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for _ in range(N):
+            noop.apply_async(producer=producer)
+    loop_seconds = time.perf_counter() - started
+    empty_bench_queue()
     Fabric.objects.all().delete()
 
     ratio = tick_seconds / group_seconds
@@ -111,6 +127,9 @@ def main() -> None:
         "bare_group_tasks_per_second": round(N / group_seconds),
         "ratio_tick_to_group": round(ratio, 3),
         "ratio_tick_plus_fan_out_to_group": round((tick_seconds + fan_out_seconds) / group_seconds, 3),
+        "apply_async_loop_seconds": round(loop_seconds, 3),
+        "apply_async_loop_tasks_per_second": round(N / loop_seconds),
+        "ratio_tick_plus_fan_out_to_apply_async_loop": round((tick_seconds + fan_out_seconds) / loop_seconds, 3),
     }
     print(json.dumps(result, indent=2))
     if ratio > 0.25:
@@ -122,4 +141,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        empty_bench_queue(delete=True)  # also when a phase failed half-way
+        VALKEY.stop()  # the whole private broker goes, with whatever a failed phase left in it

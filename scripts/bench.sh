@@ -3,6 +3,7 @@
 # database of its own: BENCH_DATABASE (default fcp_bench) on the PostgreSQL server of
 # DATABASE_URL, or var/bench.sqlite3 on SQLite. The broker is a Redis database this run
 # claims (services.sh); the benchmarks publish to queues of their own and never purge.
+# Arguments name benchmarks to run (`bash scripts/bench.sh bench/throughput.py`); none: all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FCP_PG_DATABASE=${BENCH_DATABASE:-fcp_bench}
@@ -26,7 +27,9 @@ else
 fi
 $BIN/python manage.py migrate --noinput -v 0
 status=0
-for bench in bench/*.py; do
+benches=("$@")
+[[ ${#benches[@]} -eq 0 ]] && benches=(bench/*.py)
+for bench in "${benches[@]}"; do
   [[ "$(basename "$bench")" == _* ]] && continue
   echo "== $bench"
   $BIN/python "$bench" || status=1
