@@ -127,7 +127,17 @@ def serve(processes: dict[str, str], web_host: str, web_port: int, demo_server: 
         "--workers 2 --access-logfile - --graceful-timeout 5"
     )
 
+    # Flower, Celery's own live view of workers and tasks, on the same broker (task events
+    # are on). Local only: it shows task arguments and offers worker controls.
+    flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
+    if flower_port and not port_in_use(flower_port):
+        processes["flower"] = (
+            f"{PYTHON} -m celery -A project flower --address=127.0.0.1 --port={flower_port} "
+            f"--persistent=True --db={Path(os.environ.get('VAR_DIR', ROOT / 'var')) / 'flower.db'}"
+        )
     print(f"\n  Admin: http://{web_host}:{web_port}/admin/   (Ctrl-C stops everything)", flush=True)
+    if "flower" in processes:
+        print(f"  Flower: http://127.0.0.1:{flower_port}/", flush=True)
     if demo_server:
         print(f"  Demo cluster: {demo_server} (the demo fabric shows its drift after the first tick)", flush=True)
     print(flush=True)
