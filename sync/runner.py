@@ -182,6 +182,7 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
     )
     fingerprint = source_fingerprint(fabric.git_url, fabric.git_branch, fabric.git_path)
     commit = source.remote_commit()
+    run.commit = commit  # from here on a failure, saved by _finish_run, says which commit it failed on
     unchanged = (
         commit == fabric.current_commit
         and fingerprint == fabric.source_fingerprint
@@ -194,7 +195,10 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
         live = _live_step(cluster, stored_documents(fabric.id), commit, fingerprint, run, clock)
         _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.UNCHANGED, clock, live)
     else:
+        _store_commit(run, commit)
         commit = source.fetch()
+        if commit != run.commit:  # the branch moved since ls-remote
+            _store_commit(run, commit)
         tree = source.manifest_files(
             commit, fabric.git_path, settings.SYNC_MAX_MANIFEST_BYTES, settings.SYNC_MAX_MANIFESTS
         )
@@ -214,6 +218,14 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
             drift_counts=live.drift_counts,
         )
     return result
+
+
+def _store_commit(run: SyncRun, commit: str) -> None:
+    """Store the commit on the RUNNING run before the slow part (fetch, parse, apply): a
+    worker killed there leaves its LOST run saying which commit it died on. One UPDATE,
+    only on the path that fetches; the unchanged path keeps the commit in memory."""
+    run.commit = commit
+    SyncRun.objects.filter(id=run.id).update(commit=commit)
 
 
 def _live_step(
