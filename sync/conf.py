@@ -32,6 +32,9 @@ SYNC_SUSPEND_AFTER_FAILURES = env_int("SYNC_SUSPEND_AFTER_FAILURES", 10)
 SYNC_MAX_MANIFEST_BYTES = env_int("SYNC_MAX_MANIFEST_BYTES", 1024 * 1024)
 SYNC_MAX_MANIFESTS = env_int("SYNC_MAX_MANIFESTS", 20000)
 SYNC_GIT_TIMEOUT = env_int("SYNC_GIT_TIMEOUT", 120)
+# How long one `git ls-remote` answer serves the other fabrics of the same claim (a tick)
+# on the same repository, branch and credential (sync/remote_check.py); 0: every fabric asks.
+SYNC_REMOTE_CHECK_SECONDS = env_int("SYNC_REMOTE_CHECK_SECONDS", 5)
 # Fabrics per fan-out message: the tick publishes one message per chunk and a worker
 # expands it into one task per fabric, so the tick stays fast at 10,000 fabrics.
 SYNC_DISPATCH_CHUNK = 250

@@ -22,10 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Any, cast
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import Case, F, PositiveSmallIntegerField, Q, QuerySet, Value, When
+from django.db.models.sql import UpdateQuery
 
 from sync import claim_markers
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
@@ -223,47 +225,76 @@ def begin(fabric_id: int, token: str, now: datetime, worker: str, resume: str = 
     retries through a database outage (``sync.tasks``). Each of those attempts is over
     (its own handler sent the retry), so we take their lease over at once, counting
     no death, and close their run as interrupted rather than lost.
+
+    Queries: one conditional UPDATE ... RETURNING when the claim starts and no earlier
+    run is left RUNNING (the common case); one more SELECT when it does not start (to
+    tell a newer claim from a held lease), or one or two UPDATEs closing the runs an
+    earlier attempt left RUNNING.
     """
     lease_until = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
     resumed = Q(sync_status=SyncStatus.SYNCING, lease_owner__endswith=f"/{resume}") if resume else Q(pk__in=[])
-    won = (
-        Fabric.objects.filter(id=fabric_id, lease_token=token)
-        .filter(
-            Q(sync_status=SyncStatus.QUEUED) | Q(sync_status=SyncStatus.SYNCING, lease_expires_at__lte=now) | resumed
-        )
-        .update(
-            lease_deliveries=Case(
+    claim = Fabric.objects.filter(id=fabric_id, lease_token=token).filter(
+        Q(sync_status=SyncStatus.QUEUED) | Q(sync_status=SyncStatus.SYNCING, lease_expires_at__lte=now) | resumed
+    )
+    won = _update_returning(
+        claim,
+        {
+            "lease_deliveries": Case(
                 When(resumed, then=F("lease_deliveries")),
                 When(sync_status=SyncStatus.SYNCING, then=F("lease_deliveries") + 1),
                 default=F("lease_deliveries"),
                 output_field=PositiveSmallIntegerField(),
             ),
-            sync_status=SyncStatus.SYNCING,
-            lease_expires_at=lease_until,
-            lease_owner=worker[:200],
-            last_attempt_at=now,
-        )
+            "sync_status": SyncStatus.SYNCING,
+            "lease_expires_at": lease_until,
+            "lease_owner": worker[:200],
+            "last_attempt_at": now,
+        },
     )
-    row = Fabric.objects.filter(id=fabric_id).values("lease_token", "lease_expires_at", "lease_deliveries").first()
-    if row is None or row["lease_token"] != token:
-        return Begin(BeginOutcome.SUPERSEDED)
-    if not won:
+    if won is None:
+        row = Fabric.objects.filter(id=fabric_id).values("lease_token", "lease_expires_at").first()
+        if row is None or row["lease_token"] != token:
+            return Begin(BeginOutcome.SUPERSEDED)
         expires = row["lease_expires_at"]
         wait = (expires - now).total_seconds() + 1 if expires else 1.0
         return Begin(BeginOutcome.HELD, retry_in=max(wait, 1.0))
+    deliveries, earlier_run_running = won
     # We hold the lease exclusively now, so any run still marked RUNNING belongs to an
     # earlier attempt: interrupted by the outage we resume from, or a delivery that
     # died. Close it so run history never shows two at once.
-    running = SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING)
-    if resume:
-        running.filter(worker__endswith=f"/{resume}").update(
-            status=RunStatus.RETRYING, finished_at=now, error_class="DatabaseUnavailable",
-            error_message=INTERRUPTED_MESSAGE,
-        )  # fmt: skip
-    running.update(status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE)
-    if row["lease_deliveries"] >= settings.SYNC_MAX_DELIVERIES:
-        return Begin(BeginOutcome.GAVE_UP, deliveries=row["lease_deliveries"])
-    return Begin(BeginOutcome.STARTED, deliveries=row["lease_deliveries"])
+    if earlier_run_running:
+        running = SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING)
+        if resume:
+            running.filter(worker__endswith=f"/{resume}").update(
+                status=RunStatus.RETRYING, finished_at=now, error_class="DatabaseUnavailable",
+                error_message=INTERRUPTED_MESSAGE,
+            )  # fmt: skip
+        running.update(status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE)
+    if deliveries >= settings.SYNC_MAX_DELIVERIES:
+        return Begin(BeginOutcome.GAVE_UP, deliveries=deliveries)
+    return Begin(BeginOutcome.STARTED, deliveries=deliveries)
+
+
+def _update_returning(claim: QuerySet[Fabric], values: dict[str, Any]) -> tuple[int, bool] | None:
+    """``claim.update(**values)`` in one statement that also returns, for the row it changed,
+    its ``lease_deliveries`` and whether the fabric has a run still RUNNING; None if no row.
+
+    Django's UPDATE has no RETURNING, so its own compiled statement gets one appended
+    (PostgreSQL, and SQLite since 3.35). ``claim`` selects at most one row (by id).
+    """
+    query = cast(UpdateQuery, claim.query.chain(UpdateQuery))
+    query.add_update_values(values)
+    update_sql, params = query.get_compiler(claim.db).as_sql()
+    conn = connections[claim.db]
+    quote = conn.ops.quote_name
+    fabric, run = quote(Fabric._meta.db_table), quote(SyncRun._meta.db_table)
+    # Names from the models, quoted; the one value is a parameter.
+    running = f"SELECT 1 FROM {run} WHERE {run}.{quote('fabric_id')} = {fabric}.{quote('id')}"  # noqa: S608
+    returning = f" RETURNING {fabric}.{quote('lease_deliveries')}, EXISTS ({running} AND {run}.{quote('status')} = %s)"
+    with transaction.mark_for_rollback_on_error(using=claim.db), conn.cursor() as cursor:
+        cursor.execute(update_sql + returning, (*params, RunStatus.RUNNING))
+        row = cursor.fetchone()
+    return None if row is None else (int(row[0]), bool(row[1]))
 
 
 def requeue_for_retry(fabric_id: int, token: str, now: datetime, countdown: float) -> bool:

@@ -22,13 +22,14 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
-from django.db.models import Case, DateTimeField, F, Value, When
+from django.db.models import Case, Count, DateTimeField, F, IntegerField, OuterRef, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.credentials import CredentialError, git_credential_env
 from core.process_limits import is_resource_exhaustion
 from core.redaction import redact
-from sync import leases
+from sync import leases, remote_check
 from sync.errors import (
     DatabaseUnavailable,
     PermanentSyncError,
@@ -38,7 +39,7 @@ from sync.errors import (
 )
 from sync.live.sync_step import LiveOutcome, run_live_step, store_outcome, stored_documents
 from sync.manifests import parse_manifests
-from sync.models import Fabric, FabricCluster, RunStatus, SyncRun, SyncStatus
+from sync.models import Fabric, FabricCluster, Resource, RunStatus, SyncRun, SyncStatus
 from sync.resources import ResourceCounts, replace_resources
 from sync.scheduling import next_sync_after_failure, next_sync_after_success, should_suspend
 from sync.sources.git import GitSource, RemoteUnavailable, cache_dir_for, source_fingerprint
@@ -129,12 +130,23 @@ def run_sync(
         raise WorkerResourcesExhausted(f"worker out of file descriptors: {exc.strerror}") from None
 
 
+_RESOURCE_TOTAL = Coalesce(
+    Subquery(
+        Resource.objects.filter(fabric=OuterRef("pk")).order_by().values("fabric").annotate(n=Count("*")).values("n"),
+        output_field=IntegerField(),
+    ),
+    0,
+)
+
+
 def _run_sync(
     fabric_id: int, token: str, *, trigger: str, worker: str, attempt: int, may_retry: bool, clock: Clock
 ) -> SyncResult:
     # The cluster row (if any) and its token come in the same query: a Git-only fabric
-    # costs no extra query for having no cluster.
-    fabric = Fabric.objects.select_related("cluster__token").get(id=fabric_id)
+    # costs no extra query for having no cluster. So does the number of stored
+    # resources, which an unchanged sync records on its run.
+    fabrics = Fabric.objects.select_related("cluster__token").annotate(stored_resources=_RESOURCE_TOTAL)
+    fabric = fabrics.get(id=fabric_id)
     started = clock()
     run = SyncRun.objects.create(
         fabric=fabric, trigger=trigger, attempt=attempt, lease_token=token, worker=worker[:200], started_at=started
@@ -181,7 +193,7 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
         extra_env=_git_credential_env(fabric),
     )
     fingerprint = source_fingerprint(fabric.git_url, fabric.git_branch, fabric.git_path)
-    commit = source.remote_commit()
+    commit = remote_check.branch_commit(source, token)  # one ls-remote per repository and claim
     run.commit = commit  # from here on a failure, saved by _finish_run, says which commit it failed on
     unchanged = (
         commit == fabric.current_commit
@@ -191,7 +203,7 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
     )
     cluster = cluster_of(fabric)
     if unchanged:
-        counts = ResourceCounts(total=fabric.resources.count())
+        counts = ResourceCounts(total=fabric.stored_resources)  # type: ignore[attr-defined]  # annotated above
         live = _live_step(cluster, stored_documents(fabric.id), commit, fingerprint, run, clock)
         _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.UNCHANGED, clock, live)
     else:
@@ -319,7 +331,14 @@ def _finish_run(run: SyncRun, status: str, finished: datetime, error: Exception 
     if error is not None:
         run.error_class = type(error).__name__
         run.error_message = redact(str(error))
-    run.save()
+    run.save(update_fields=_run_outcome_fields())
+
+
+def _run_outcome_fields() -> list[str]:
+    """Every column of a run but those fixed when it was created (``_run_sync``): the
+    UPDATE that finishes a run leaves the fabric, trigger, lease and start alone."""
+    fixed = {"id", "fabric", "trigger", "attempt", "lease_token", "worker", "started_at"}
+    return [f.name for f in SyncRun._meta.concrete_fields if f.name not in fixed]
 
 
 def record_skip(fabric: Fabric, token: str, run: SyncRun, skipped: RemoteUnavailable, *, clock: Clock) -> None:

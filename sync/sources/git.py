@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils.crypto import salted_hmac
 
 from core import guards
 from core.breaker import CircuitBreaker, CircuitBreakerOpenError, Permit, default_config
@@ -236,7 +237,7 @@ class GitSource:
         permit.finish()
         return out
 
-    def _check_source(self) -> None:
+    def check_source(self) -> None:
         """The rules of ``sync.validators`` again, right before git uses the URL.
 
         The admin checked the URL when it was saved; the allowed local roots (or the
@@ -266,12 +267,19 @@ class GitSource:
     # -- commits ----------------------------------------------------------------------
     def check_reachable(self) -> None:
         """Raise a ``SyncError`` (redacted, classified) unless the remote answers."""
-        self._check_source()
+        self.check_source()
         self._remote("ls-remote", "--heads", "--", transport_url(self.url))
+
+    def remote_identity(self) -> str:
+        """What decides the remote's answer about the branch: URL, branch and the credential
+        git sends, as one keyed digest (``salted_hmac`` with the secret key), so the
+        credential never appears in it and cannot be guessed back from it."""
+        parts = [self.url, self.branch, *(f"{k}={v}" for k, v in sorted(self._extra_env.items()))]
+        return salted_hmac("sync.sources.git.remote_identity", "\0".join(parts), algorithm="sha256").hexdigest()
 
     def remote_commit(self) -> str:
         """The branch's commit on the remote, without downloading objects."""
-        self._check_source()
+        self.check_source()
         out = self._remote("ls-remote", "--heads", "--", transport_url(self.url), f"refs/heads/{self.branch}")
         for line in out.decode().splitlines():
             sha, _, ref = line.partition("\t")
@@ -281,7 +289,7 @@ class GitSource:
 
     def fetch(self) -> str:
         """Fetch the branch tip (depth 1) into the cache; return its commit."""
-        self._check_source()
+        self.check_source()
         self._ensure_cache()
         self._remove_stale_locks()
         ref = f"refs/fabric/{self.branch}"
