@@ -83,6 +83,11 @@ def fan_out(fabric_ids: list[int], token: str, trigger: str = "schedule") -> int
 @shared_task(
     bind=True,
     name="sync.sync_fabric",
+    # Nothing reads a sync's return value (the outcome is on the fabric and its SyncRun),
+    # so a success stores nothing in Redis. A failure (and a retry) is still stored, so
+    # Celery's own state of a failed sync stays FAILURE for whoever looks it up.
+    ignore_result=True,
+    store_errors_even_if_ignored=True,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=settings.SYNC_MAX_RETRIES,

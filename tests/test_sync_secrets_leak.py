@@ -165,7 +165,8 @@ def test_a_git_timeout_on_a_worker_leaves_no_token_in_its_log_or_the_result_back
     for fabric in (timed_out, in_url):
         token = leases.claim_one(fabric.id, timezone.now())
         assert token is not None
-        results[fabric.name] = sync_fabric.apply_async((fabric.id, token, "manual"))
+        # A sync's result is not stored (ignore_result), but its failure is: read it by id.
+        results[fabric.name] = sync_fabric.AsyncResult(sync_fabric.apply_async((fabric.id, token, "manual")).id)
 
     with pytest.raises(TransientSyncError, match="git ls-remote timed out after 2 s"):
         results["with-credential"].get(timeout=60, propagate=True)

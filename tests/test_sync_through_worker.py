@@ -194,7 +194,8 @@ def test_a_transient_failure_retries_with_backoff_then_fails_truthfully(worker_f
     fabric = make_fabric("https://127.0.0.1:9/acme/fabric.git", git_credential=credential)
     token = leases.claim_one(fabric.id, timezone.now())
     assert token is not None
-    result = sync_fabric.apply_async((fabric.id, token, "manual"))
+    # A sync's result is not stored (ignore_result), but its failure is: read it by id.
+    result = sync_fabric.AsyncResult(sync_fabric.apply_async((fabric.id, token, "manual")).id)
     with pytest.raises(Exception, match="git ls-remote failed") as caught:
         result.get(timeout=60)
     assert result.state == "FAILURE"
