@@ -9,4 +9,4 @@ class SyncConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the tick step, the health checks and the heal action of sync.
-        from sync import credential_rotation, dispatch, health, prometheus  # noqa: F401
+        from sync import backoff_probe, credential_rotation, dispatch, health, prometheus  # noqa: F401

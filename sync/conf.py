@@ -21,6 +21,9 @@ SYNC_QUEUE_LEASE_SECONDS = env_int("SYNC_QUEUE_LEASE_SECONDS", 900)
 # (sync.broker_inventory) instead of waiting out the queue lease. Longer than a
 # worker takes from receiving a message to beginning it.
 SYNC_STRANDED_AFTER_SECONDS = env_int("SYNC_STRANDED_AFTER_SECONDS", 60)
+# How often fabrics in failure backoff have their remote asked for a new commit, which
+# cuts the backoff short (sync.backoff_probe); 0 turns it off.
+SYNC_BACKOFF_PROBE_SECONDS = env_int("SYNC_BACKOFF_PROBE_SECONDS", 60)
 # The Celery queue every sync task is routed to.
 SYNC_QUEUE = "sync"
 

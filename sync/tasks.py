@@ -15,7 +15,7 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from core.process_limits import descriptors_exhausted, is_resource_exhaustion
-from sync import claim_markers, leases
+from sync import backoff_probe, claim_markers, leases
 from sync.errors import DatabaseUnavailable, PermanentSyncError, TransientSyncError
 from sync.models import Fabric
 from sync.runner import record_failure, run_sync
@@ -67,6 +67,12 @@ def _retry_through_outage(
         "database unavailable (%s%s); retrying in %.1f s", type(exc).__name__, f"; {cause}" if cause else "", countdown
     )
     return task.retry(countdown=countdown, kwargs=kwargs, max_retries=task.request.retries + 1)
+
+
+@shared_task(name="sync.probe_backoff", ignore_result=True)
+def probe_backoff() -> dict[str, int]:
+    """Ask the remotes of fabrics in failure backoff for a new commit (``sync.backoff_probe``)."""
+    return backoff_probe.probe(timezone.now())
 
 
 @shared_task(name="sync.fan_out", ignore_result=True)
