@@ -28,14 +28,14 @@ diff) and ``sync.admin_operations`` (the operations and the fabric page's button
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
-from django.db.models import Case, Count, OuterRef, Q, QuerySet, Subquery, When
+from django.db.models import Case, Count, DateTimeField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, QueryDict
@@ -306,8 +306,13 @@ FIRST_FAILURE = Subquery(
     .order_by("started_at")
     .values("started_at")[:1]
 )
-# The sort key of "failing since": failing fabrics by when they began failing, the others after them.
-FAILING_SINCE = Case(When(FAILING, then=Coalesce(FIRST_FAILURE, "last_attempt_at")), default=None)
+# The sort key of "failing since": failing fabrics by when they began failing, the others after
+# them (a far-future moment rather than NULL, which databases sort to different ends).
+FAILING_SINCE = Case(
+    When(FAILING, then=Coalesce(FIRST_FAILURE, "last_attempt_at", "created_at")),
+    default=Value(datetime(9999, 12, 31, tzinfo=UTC)),
+    output_field=DateTimeField(),
+)
 RESOURCE_TOTAL = Coalesce(
     Subquery(
         Resource.objects.filter(fabric=OuterRef("pk")).order_by().values("fabric").annotate(n=Count("pk")).values("n")
