@@ -8,5 +8,5 @@ class CoreConfig(AppConfig):
     verbose_name = "Platform core"
 
     def ready(self) -> None:
-        # Registers the system checks of the credential keys.
-        from core import checks  # noqa: F401
+        # Registers the system checks of the credential keys and the retention tick step.
+        from core import checks, retention  # noqa: F401

@@ -54,3 +54,24 @@ class Credential(models.Model):
     def secret(self) -> Secret:
         """The decrypted secret, masked until ``reveal()``; ``CredentialError`` if no key opens it."""
         return decrypt(self.encrypted_secret, name=self.name)
+
+
+class PeriodicStep(models.Model):
+    """When a tick step that runs less often than every tick may run next (``core.retention``).
+
+    Claimed by a conditional UPDATE on ``next_run_at`` (``core.periodic.claim``), so of
+    several ticks on several hosts exactly one runs the step per interval, on the
+    application clock (tests travel through time with freezegun).
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    next_run_at = models.DateTimeField()
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_finished_at = models.DateTimeField(null=True, blank=True)
+    last_metrics = models.JSONField(default=dict, blank=True, help_text="What the last run reported to its tick.")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (next at {self.next_run_at:%Y-%m-%d %H:%M:%S})"

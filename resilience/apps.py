@@ -9,4 +9,5 @@ class ResilienceConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the tick step, the built-in health checks, heal actions and system checks.
+        import resilience.retention  # noqa: F401  (which history may go: core.retention)
         from resilience import checks, dispatch, heal_actions, probes, prometheus  # noqa: F401

@@ -9,4 +9,5 @@ class ScalingConfig(AppConfig):
 
     def ready(self) -> None:
         # The tick step, the publish-time header for queue latency, and system checks.
+        import scaling.retention  # noqa: F401  (which events may go: core.retention)
         from scaling import checks, dispatch, prometheus, signals  # noqa: F401

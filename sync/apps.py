@@ -8,5 +8,6 @@ class SyncConfig(AppConfig):
     verbose_name = "Fabric sync"
 
     def ready(self) -> None:
-        # Registers the tick step, the health checks and the heal action of sync.
-        from sync import backoff_probe, credential_rotation, dispatch, health, prometheus  # noqa: F401
+        # Registers the tick step, the health checks, the heal action and the retention rules of sync.
+        import sync.retention  # noqa: F401  (which runs may go: core.retention)
+        from sync import credential_rotation, dispatch, health, prometheus  # noqa: F401

@@ -190,6 +190,19 @@ class SyncRun(models.Model):
         indexes = [
             models.Index(fields=["fabric", "-started_at"], name="syncrun_fabric_recent_idx"),
             models.Index(fields=["status"], name="syncrun_status_idx"),
+            # Retention (sync/retention.py) per fabric: its newest K routine runs (a walk of K
+            # entries), its latest success and first failure (a probe each), and the older
+            # runs as one range each. The two split the rows: together one index's writes.
+            models.Index(
+                fields=["fabric", "-started_at"],
+                condition=models.Q(status__in=["unchanged", "skipped"]),
+                name="syncrun_routine_idx",
+            ),
+            models.Index(
+                fields=["fabric", "-started_at"],
+                condition=~models.Q(status__in=["unchanged", "skipped"]),
+                name="syncrun_notable_idx",
+            ),
             # The run list's default order (newest first) and its "started in the last …" filter.
             models.Index(fields=["-started_at", "-id"], name="syncrun_recent_idx"),
         ]

@@ -1,0 +1,117 @@
+"""Which sync runs may be deleted (rules for ``core.retention``; docs/architecture.md).
+
+1. Failures and changes (FAILED, RETRYING, LOST, SUCCESS) are kept ``RETENTION_DAYS``.
+2. Routine checks (UNCHANGED, SKIPPED) are kept by count: the newest
+   ``RETENTION_UNCHANGED_PER_FABRIC`` of each fabric, whatever their age (a system check
+   warns when that is less than an hour of a 60 s fabric, the window /metrics reads).
+3. Never deleted, however old: a RUNNING run; the latest run of a fabric (what its
+   status says); its latest SUCCESS (the run that brought its current commit); and the
+   first failure since its last success (the admin's "failing since").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Warning, register
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Window
+from django.db.models.functions import Coalesce, RowNumber
+
+from core.retention import retention_rule
+from sync.models import Fabric, RunStatus, SyncRun
+from sync.prometheus import DURATION_WINDOW
+
+ROUTINE = (RunStatus.UNCHANGED, RunStatus.SKIPPED)
+# The statuses the fabric admin's "failing since" column looks for (sync/admin.py).
+FAILED = (RunStatus.FAILED, RunStatus.RETRYING, RunStatus.LOST)
+# Fabrics per range: each rule reads one range of fabrics at a time.
+FABRIC_CHUNK = 500
+SHORTEST_INTERVAL = 60  # Fabric.sync_interval's minimum
+
+
+@register()
+def check_unchanged_runs_kept(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Fewer routine runs than a 60 s fabric makes in an hour would thin out the durations
+    /metrics reports (it reads the runs of the last hour)."""
+    hour = int(DURATION_WINDOW.total_seconds()) // SHORTEST_INTERVAL
+    if hour <= settings.RETENTION_UNCHANGED_PER_FABRIC:
+        return []
+    return [
+        Warning(
+            f"RETENTION_UNCHANGED_PER_FABRIC={settings.RETENTION_UNCHANGED_PER_FABRIC} keeps less than an hour "
+            f"of a {SHORTEST_INTERVAL} s fabric's runs: /metrics would under-report their sync durations.",
+            hint=f"Keep at least {hour}.",
+            id="sync.W001",
+        )
+    ]
+
+
+def _fabric_ranges() -> Iterator[tuple[int, int]]:
+    """Fabric ids as ``(after, up_to]`` ranges of FABRIC_CHUNK fabrics each."""
+    pks = list(Fabric.objects.order_by("pk").values_list("pk", flat=True))
+    for start in range(0, len(pks), FABRIC_CHUNK):
+        yield (pks[start - 1] if start else 0), pks[min(start + FABRIC_CHUNK, len(pks)) - 1]
+
+
+def _first(runs: QuerySet[SyncRun], *order: str) -> Subquery:
+    """The ``started_at`` of the first of ``runs`` of the outer fabric, in ``order``."""
+    return Subquery(runs.filter(fabric_id=OuterRef("pk")).order_by(*order).values("started_at")[:1])
+
+
+@retention_rule("sync_runs_expired", SyncRun, order=10)
+def expired_runs(now: datetime, limit: int) -> list[int]:
+    """Rule 1 with the exceptions of rule 3: failures and changes older than the retention.
+
+    Per range of fabrics: one query reads each fabric's latest run, latest SUCCESS and
+    first failure since its last success (an index probe each), one lists the range's
+    old failures and changes (a range of syncrun_notable_idx); those that are neither
+    kept nor tied with a kept one go.
+    """
+    cutoff = now - timedelta(days=settings.RETENTION_DAYS)
+    notable = SyncRun.objects.exclude(status__in=ROUTINE).order_by()  # exactly the rows of syncrun_notable_idx
+    streak = Q(status__in=FAILED, started_at__gte=Coalesce(OuterRef("last_sync"), OuterRef("created_at")))
+    ids: list[int] = []
+    for low, high in _fabric_ranges():
+        kept = {
+            fabric: (latest, {latest_success, first_failure})
+            for fabric, latest, latest_success, first_failure in Fabric.objects.filter(pk__gt=low, pk__lte=high)
+            .annotate(
+                latest=_first(SyncRun.objects.all(), "-started_at"),
+                latest_success=_first(notable.filter(status=RunStatus.SUCCESS), "-started_at"),
+                first_failure=_first(notable.filter(streak), "started_at"),
+            )
+            .values_list("pk", "latest", "latest_success", "first_failure")
+        }
+        old = notable.filter(fabric_id__gt=low, fabric_id__lte=high, started_at__lt=cutoff)
+        for pk, fabric, started in old.exclude(status=RunStatus.RUNNING).values_list("pk", "fabric_id", "started_at"):
+            latest, protected = kept[fabric]
+            if started < latest and started not in protected:
+                ids.append(pk)
+                if len(ids) >= limit:
+                    return ids
+    return ids
+
+
+@retention_rule("sync_runs_unchanged", SyncRun, order=20)
+def unchanged_beyond_the_newest(now: datetime, limit: int) -> list[int]:
+    """Rule 2: routine runs beyond the newest K of their fabric.
+
+    Per range of fabrics, one query numbers the range's routine runs newest first per
+    fabric, reading syncrun_routine_idx in its own order (no sort), and returns those
+    numbered past K: it stops once it has ``limit``. The cost follows the routine runs
+    of the fabrics it reads, never the whole table at once.
+    """
+    keep = max(1, settings.RETENTION_UNCHANGED_PER_FABRIC)
+    routine = SyncRun.objects.filter(status__in=ROUTINE).order_by()  # exactly the rows of syncrun_routine_idx
+    ids: list[int] = []
+    for low, high in _fabric_ranges():
+        ranked = routine.filter(fabric_id__gt=low, fabric_id__lte=high).annotate(
+            newest_first=Window(RowNumber(), partition_by=[F("fabric_id")], order_by=F("started_at").desc())
+        )
+        ids += ranked.filter(newest_first__gt=keep).values_list("pk", flat=True)[: limit - len(ids)]
+        if len(ids) >= limit:
+            break
+    return ids
