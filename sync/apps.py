@@ -10,4 +10,4 @@ class SyncConfig(AppConfig):
     def ready(self) -> None:
         # Registers the tick step, the health checks, the heal action and the retention rules of sync.
         import sync.retention  # noqa: F401  (which runs may go: core.retention)
-        from sync import credential_rotation, dispatch, health, prometheus  # noqa: F401
+        from sync import backoff_probe, credential_rotation, dispatch, health, prometheus  # noqa: F401
