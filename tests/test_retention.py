@@ -26,6 +26,7 @@ from core.tick import StepFailed, run_tick
 from resilience.models import ComponentHealth, HealingAttempt, HealingOutcome, HealthTransition
 from scaling.decisions import ScaleDirection
 from scaling.models import ScalingEvent, ScalingPolicy, ScalingRecommendation
+from sync import retention as sync_retention
 from sync.models import Fabric, RunStatus, SyncRun
 from tests.factories import make_fabric
 
@@ -104,6 +105,24 @@ def test_unchanged_runs_beyond_the_newest_k_of_each_fabric_are_pruned_whatever_t
     assert left(SyncRun) == set(unchanged[-2:] + skipped + failure + recent[-5:] + few_and_old)
     assert metrics["sync_runs_unchanged"] == 1998 + 295
     assert metrics["deleted"] == metrics["sync_runs_unchanged"]
+
+
+@pytest.mark.django_db
+def test_the_rules_read_fabrics_range_by_range_and_stop_reading_once_they_have_enough(monkeypatch):
+    monkeypatch.setattr(sync_retention, "FABRIC_CHUNK", 2)
+    fabrics = [fabric() for _ in range(6)]
+    newest = {f.pk: runs(f, RunStatus.UNCHANGED, every(5 * MINUTE, 20, NOW - HOUR))[-5:] for f in fabrics}
+    with CaptureQueriesContext(connection) as queries:
+        some = sync_retention.unchanged_beyond_the_newest(NOW, 20)
+    assert len(some) == 20
+    first_range = {fabrics[0].pk, fabrics[1].pk}
+    assert set(SyncRun.objects.filter(pk__in=some).values_list("fabric_id", flat=True)) == first_range
+    assert len(queries) == 2  # the fabric ids, then the first range only: it already had 20
+
+    everything = sync_retention.unchanged_beyond_the_newest(NOW, 1000)
+    SyncRun.objects.filter(pk__in=everything).delete()
+    assert len(everything) == 6 * 15
+    assert left(SyncRun) == {pk for kept in newest.values() for pk in kept}
 
 
 @pytest.mark.django_db
