@@ -228,11 +228,37 @@ class Resource(models.Model):
             models.UniqueConstraint(fields=["fabric", "kind", "namespace", "name"], name="resource_unique_per_fabric")
         ]
         # The resource list's kind filter reads the distinct kinds through it, one probe per kind.
-        indexes = [models.Index(fields=["kind"], name="resource_kind_idx")]
+        indexes = [
+            models.Index(fields=["kind"], name="resource_kind_idx"),
+            # A sync that changed a few files of thousands finds the rows of those files (sync.resources).
+            models.Index(fields=["fabric", "source_file"], name="resource_source_idx"),
+        ]
 
     def __str__(self) -> str:
         ns = f"{self.namespace}/" if self.namespace else ""
         return f"{self.kind} {ns}{self.name}"
+
+
+class ManifestFile(models.Model):
+    """A manifest file the fabric's last successful sync read: its Git blob and what it held.
+
+    A later sync reads and parses again only the files whose blob (or the parser's
+    version) differs; the ``Resource`` rows of the others stand as they are
+    (``sync.resources``). Written only in a sync's success transaction, with the
+    resources.
+    """
+
+    fabric = models.ForeignKey(Fabric, on_delete=models.CASCADE, related_name="manifest_files")
+    path = models.CharField(max_length=500)  # as Resource.source_file
+    blob = models.CharField(max_length=64)  # Git object id: 40 hex digits (SHA-1) or 64 (SHA-256)
+    parser = models.PositiveSmallIntegerField()  # sync.manifests.PARSER_VERSION that parsed it
+    resources = models.PositiveIntegerField()  # Resource rows with this source_file
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["fabric", "path"], name="manifestfile_unique_per_fabric")]
+
+    def __str__(self) -> str:
+        return f"{self.path} @ {self.blob[:10]}"
 
 
 # --- The fabric's Kubernetes cluster and drift ------------------------------------------

@@ -40,7 +40,7 @@ from sync.errors import (
 from sync.live.sync_step import LiveOutcome, run_live_step, store_outcome, stored_documents
 from sync.manifests import parse_manifests
 from sync.models import Fabric, FabricCluster, Resource, RunStatus, SyncRun, SyncStatus
-from sync.resources import ResourceCounts, replace_resources
+from sync.resources import ResourceCounts, apply_changes, plan_changes, stored_files
 from sync.scheduling import next_sync_after_failure, next_sync_after_success, should_suspend
 from sync.sources.git import GitSource, RemoteUnavailable, cache_dir_for, source_fingerprint
 
@@ -76,6 +76,7 @@ class SyncResult:
             "created": self.counts.created,
             "updated": self.counts.updated,
             "deleted": self.counts.deleted,
+            "files_read": self.counts.files_read,
             "duration_ms": self.duration_ms,
         }
         if self.live:
@@ -102,15 +103,17 @@ def run_sync(
     1. Record a RUNNING ``SyncRun``.
     2. Ask the remote for the branch's commit. Same commit and same source as the
        last success: finish fast as UNCHANGED.
-    3. Otherwise fetch (shallow, cached), list and read ``*.yaml``/``*.yml`` under
-       ``git_path``, parse and validate every document.
+    3. Otherwise fetch (shallow, cached) and list ``*.yaml``/``*.yml`` under
+       ``git_path`` with their Git blob ids; read, parse and validate the files whose
+       blob the last success did not read (``sync.resources``: every file on a first
+       sync or a changed source).
     4. A fabric with a cluster: the live step (``sync.live.sync_step``) reads the
        cluster, compares it with the desired documents and, in reconcile mode,
        applies them. Its failures never fail the sync: they are recorded beside the
        Git result (the run's ``live_status``/``live_error``, drift ``unknown``).
-    5. In one transaction: upsert changed resources, delete removed ones, store the
-       live step's outcome, and mark the fabric IN_SYNC, but only if our lease token
-       is still on it.
+    5. In one transaction: upsert changed resources, delete removed ones (rows of
+       unchanged files are not written), store the live step's outcome, and mark
+       the fabric IN_SYNC, but only if our lease token is still on it.
     On failure the run and the fabric record a redacted reason and the error is
     re-raised, so Celery's task state is truthful. A transient failure with
     ``may_retry`` keeps the lease (QUEUED) for the caller's retry. When the remote's
@@ -214,10 +217,14 @@ def _sync(fabric: Fabric, token: str, run: SyncRun, started: datetime, clock: Cl
         tree = source.manifest_files(
             commit, fabric.git_path, settings.SYNC_MAX_MANIFEST_BYTES, settings.SYNC_MAX_MANIFESTS
         )
-        parsed = parse_manifests(source.read_blobs(tree))
-        live = _live_step(cluster, lambda: [p.spec for p in parsed], commit, fingerprint, run, clock)
+        # Only the files whose Git blob the last success did not read (sync.resources).
+        stored = stored_files(fabric, fingerprint)
+        read = stored.changed(tree)
+        parsed = parse_manifests(source.read_blobs(read))
+        plan = plan_changes(fabric, stored, tree, read, parsed)
+        live = _live_step(cluster, plan.desired_documents, commit, fingerprint, run, clock)
         with transaction.atomic():
-            counts = replace_resources(fabric, parsed)
+            counts = apply_changes(plan)
             _commit_success(fabric, token, run, commit, fingerprint, counts, RunStatus.SUCCESS, clock, live)
     finished = run.finished_at or clock()
     result = SyncResult(fabric.name, run.status, commit, counts.total, counts, _elapsed_ms(started, finished))
