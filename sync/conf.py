@@ -8,7 +8,7 @@ the visibility timeout outlives the lease, so Redis never redelivers a message w
 sync may still be running.
 """
 
-from core.env import env_int, env_str
+from core.env import env_bool, env_int, env_str
 
 SYNC_SOFT_TIME_LIMIT = env_int("SYNC_SOFT_TIME_LIMIT", 240)
 SYNC_HARD_TIME_LIMIT = env_int("SYNC_HARD_TIME_LIMIT", 300)
@@ -38,6 +38,10 @@ SYNC_GIT_TIMEOUT = env_int("SYNC_GIT_TIMEOUT", 120)
 # How long one `git ls-remote` answer serves the other fabrics of the same claim (a tick)
 # on the same repository, branch and credential (sync/remote_check.py); 0: every fabric asks.
 SYNC_REMOTE_CHECK_SECONDS = env_int("SYNC_REMOTE_CHECK_SECONDS", 5)
+# PostgreSQL: a sync's progress markers (begin, the RUNNING run) commit without waiting
+# for the WAL flush; its outcome always waits (sync/progress_commit.py says what a server
+# crash can then lose).
+SYNC_ASYNC_PROGRESS_COMMIT = env_bool("SYNC_ASYNC_PROGRESS_COMMIT", True)
 # Fabrics per fan-out message: the tick publishes one message per chunk and a worker
 # expands it into one task per fabric, so the tick stays fast at 10,000 fabrics.
 SYNC_DISPATCH_CHUNK = 250

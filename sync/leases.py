@@ -31,6 +31,7 @@ from django.db.models.sql import UpdateQuery
 
 from sync import claim_markers
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
+from sync.progress_commit import progress_transaction
 
 LOST_MESSAGE = "Sync did not finish within its lease: the worker running it died or was killed."
 
@@ -236,21 +237,33 @@ def begin(fabric_id: int, token: str, now: datetime, worker: str, resume: str = 
     claim = Fabric.objects.filter(id=fabric_id, lease_token=token).filter(
         Q(sync_status=SyncStatus.QUEUED) | Q(sync_status=SyncStatus.SYNCING, lease_expires_at__lte=now) | resumed
     )
-    won = _update_returning(
-        claim,
-        {
-            "lease_deliveries": Case(
-                When(resumed, then=F("lease_deliveries")),
-                When(sync_status=SyncStatus.SYNCING, then=F("lease_deliveries") + 1),
-                default=F("lease_deliveries"),
-                output_field=PositiveSmallIntegerField(),
-            ),
-            "sync_status": SyncStatus.SYNCING,
-            "lease_expires_at": lease_until,
-            "lease_owner": worker[:200],
-            "last_attempt_at": now,
-        },
-    )
+    with progress_transaction():  # a progress marker: sync.progress_commit
+        won = _update_returning(
+            claim,
+            {
+                "lease_deliveries": Case(
+                    When(resumed, then=F("lease_deliveries")),
+                    When(sync_status=SyncStatus.SYNCING, then=F("lease_deliveries") + 1),
+                    default=F("lease_deliveries"),
+                    output_field=PositiveSmallIntegerField(),
+                ),
+                "sync_status": SyncStatus.SYNCING,
+                "lease_expires_at": lease_until,
+                "lease_owner": worker[:200],
+                "last_attempt_at": now,
+            },
+        )
+        # We hold the lease exclusively now, so any run still marked RUNNING belongs to an
+        # earlier attempt: interrupted by the outage we resume from, or a delivery that
+        # died. Close it so run history never shows two at once.
+        if won is not None and won[1]:
+            running = SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING)
+            if resume:
+                running.filter(worker__endswith=f"/{resume}").update(
+                    status=RunStatus.RETRYING, finished_at=now, error_class="DatabaseUnavailable",
+                    error_message=INTERRUPTED_MESSAGE,
+                )  # fmt: skip
+            running.update(status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE)
     if won is None:
         row = Fabric.objects.filter(id=fabric_id).values("lease_token", "lease_expires_at").first()
         if row is None or row["lease_token"] != token:
@@ -258,18 +271,7 @@ def begin(fabric_id: int, token: str, now: datetime, worker: str, resume: str = 
         expires = row["lease_expires_at"]
         wait = (expires - now).total_seconds() + 1 if expires else 1.0
         return Begin(BeginOutcome.HELD, retry_in=max(wait, 1.0))
-    deliveries, earlier_run_running = won
-    # We hold the lease exclusively now, so any run still marked RUNNING belongs to an
-    # earlier attempt: interrupted by the outage we resume from, or a delivery that
-    # died. Close it so run history never shows two at once.
-    if earlier_run_running:
-        running = SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING)
-        if resume:
-            running.filter(worker__endswith=f"/{resume}").update(
-                status=RunStatus.RETRYING, finished_at=now, error_class="DatabaseUnavailable",
-                error_message=INTERRUPTED_MESSAGE,
-            )  # fmt: skip
-        running.update(status=RunStatus.LOST, finished_at=now, error_class="WorkerLost", error_message=LOST_MESSAGE)
+    deliveries = won[0]
     if deliveries >= settings.SYNC_MAX_DELIVERIES:
         return Begin(BeginOutcome.GAVE_UP, deliveries=deliveries)
     return Begin(BeginOutcome.STARTED, deliveries=deliveries)

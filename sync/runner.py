@@ -40,6 +40,7 @@ from sync.errors import (
 from sync.live.sync_step import LiveOutcome, run_live_step, store_outcome, stored_documents
 from sync.manifests import parse_manifests
 from sync.models import Fabric, FabricCluster, Resource, RunStatus, SyncRun, SyncStatus
+from sync.progress_commit import progress_transaction
 from sync.resources import ResourceCounts, apply_changes, plan_changes, stored_files
 from sync.scheduling import next_sync_after_failure, next_sync_after_success, should_suspend
 from sync.sources.git import GitSource, RemoteUnavailable, cache_dir_for, source_fingerprint
@@ -151,9 +152,10 @@ def _run_sync(
     fabrics = Fabric.objects.select_related("cluster__token").annotate(stored_resources=_RESOURCE_TOTAL)
     fabric = fabrics.get(id=fabric_id)
     started = clock()
-    run = SyncRun.objects.create(
-        fabric=fabric, trigger=trigger, attempt=attempt, lease_token=token, worker=worker[:200], started_at=started
-    )
+    with progress_transaction():  # a progress marker: sync.progress_commit
+        run = SyncRun.objects.create(
+            fabric=fabric, trigger=trigger, attempt=attempt, lease_token=token, worker=worker[:200], started_at=started
+        )
     try:
         return _sync(fabric, token, run, started, clock)
     except RemoteUnavailable as exc:
