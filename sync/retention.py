@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Warning, register
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Window
+from django.db.models import F, OuterRef, QuerySet, Subquery, Window
 from django.db.models.functions import Coalesce, RowNumber
 
 from core.retention import retention_rule
@@ -65,33 +67,47 @@ def _first(runs: QuerySet[SyncRun], *order: str) -> Subquery:
 def expired_runs(now: datetime, limit: int) -> list[int]:
     """Rule 1 with the exceptions of rule 3: failures and changes older than the retention.
 
-    Per range of fabrics: one query reads each fabric's latest run, latest SUCCESS and
-    first failure since its last success (an index probe each), one lists the range's
-    old failures and changes (a range of syncrun_notable_idx); those that are neither
-    kept nor tied with a kept one go.
+    Per range of fabrics, queries that no table statistics can turn into scans of the
+    whole table: each fabric's latest run and where its failure streak starts (an index
+    probe each), the range's old failures and changes (a range of syncrun_notable_idx),
+    and, for the fabrics among them with an old success, which have a newer one. Among
+    those, the latest success (unless a newer one exists), the first failure of the
+    streak, the latest run and a RUNNING run stay, and so does any run tied with a
+    kept one; the rest go.
     """
     cutoff = now - timedelta(days=settings.RETENTION_DAYS)
     notable = SyncRun.objects.exclude(status__in=ROUTINE).order_by()  # exactly the rows of syncrun_notable_idx
-    streak = Q(status__in=FAILED, started_at__gte=Coalesce(OuterRef("last_sync"), OuterRef("created_at")))
     ids: list[int] = []
     for low, high in _fabric_ranges():
-        kept = {
-            fabric: (latest, {latest_success, first_failure})
-            for fabric, latest, latest_success, first_failure in Fabric.objects.filter(pk__gt=low, pk__lte=high)
-            .annotate(
-                latest=_first(SyncRun.objects.all(), "-started_at"),
-                latest_success=_first(notable.filter(status=RunStatus.SUCCESS), "-started_at"),
-                first_failure=_first(notable.filter(streak), "started_at"),
-            )
-            .values_list("pk", "latest", "latest_success", "first_failure")
+        fabrics = Fabric.objects.filter(pk__gt=low, pk__lte=high).order_by()
+        latest_and_streak = {
+            fabric: (latest, streak_start)
+            for fabric, latest, streak_start in fabrics.annotate(
+                latest=_first(SyncRun.objects.all(), "-started_at"), streak_start=Coalesce("last_sync", "created_at")
+            ).values_list("pk", "latest", "streak_start")
         }
         old = notable.filter(fabric_id__gt=low, fabric_id__lte=high, started_at__lt=cutoff)
-        for pk, fabric, started in old.exclude(status=RunStatus.RUNNING).values_list("pk", "fabric_id", "started_at"):
-            latest, protected = kept[fabric]
-            if started < latest and started not in protected:
-                ids.append(pk)
-                if len(ids) >= limit:
-                    return ids
+        old_runs = list(old.order_by("fabric_id", "started_at").values_list("fabric_id", "pk", "status", "started_at"))
+        with_old_success = {fabric for fabric, _, status, _ in old_runs if status == RunStatus.SUCCESS}
+        newer_success = set(
+            notable.filter(fabric_id__in=with_old_success, status=RunStatus.SUCCESS, started_at__gte=cutoff)
+            .values_list("fabric_id", flat=True)
+            .distinct()
+            if with_old_success
+            else []
+        )
+        for fabric, rows in groupby(old_runs, key=itemgetter(0)):
+            latest, streak_start = latest_and_streak[fabric]
+            runs = [(pk, status, started) for _, pk, status, started in rows]
+            kept = {latest} | {started for _, status, started in runs if status == RunStatus.RUNNING}
+            successes = [started for _, status, started in runs if status == RunStatus.SUCCESS]
+            if successes and fabric not in newer_success:
+                kept.add(successes[-1])
+            streak = [started for _, status, started in runs if status in FAILED and started >= streak_start]
+            kept.update(streak[:1])  # an old first failure of the streak is its first failure
+            ids += [pk for pk, _, started in runs if started not in kept][: limit - len(ids)]
+            if len(ids) >= limit:
+                return ids
     return ids
 
 
