@@ -25,7 +25,9 @@ servers of its own:
    the worker's RSS (main process + pool children) after the first sync and after
    every round (5 rounds = 10,000 unchanged syncs), Redis commands and
    ``celery-task-meta-*`` keys added per sync, PostgreSQL commits and sessions per
-   sync (``pg_stat_database``; the benchmark's own polling is included).
+   sync (``pg_stat_database``; the benchmark's own polling is included), and the
+   worker's CPU time (main process + pool children, from ``/proc``) per task of each
+   measure: the cost of one sync or no-op that machine load does not stretch.
 
 Target: (a) / (b) at least 1.0. Prints JSON; exits 1 when the median misses it.
 """
@@ -109,6 +111,17 @@ class Worker:
             kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
             sizes["main" if pid == self.process.pid else f"child-{pid}"] = round(kb / 1024, 1)
         return sizes
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the main process and its pool children so far."""
+        ticks = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -206,7 +219,7 @@ def run(work: Path, valkey: PrivateValkey, database_url: str) -> dict[str, Any]:
     redis0, redis1 = redis.Redis.from_url(valkey.url(0)), redis.Redis.from_url(valkey.url(1))
     batches = 0
 
-    def noop_batch(send: Callable[[Any, str], None], client: redis.Redis, producer_of: Any, count: int) -> float:
+    def noop_batch(send: Callable[[Any, str], object], client: redis.Redis, producer_of: Any, count: int) -> float:
         """count no-op tasks published in a loop on one producer; seconds until the last has run."""
         nonlocal batches
         batches += 1
@@ -297,7 +310,10 @@ def run(work: Path, valkey: PrivateValkey, database_url: str) -> dict[str, Any]:
             order = list(measures)[number % 3 :] + list(measures)[: number % 3]
             result: dict[str, Any] = {"order": order, "load_before": os.getloadavg()[0]}
             for name in order:
+                worker = plain if name == "plain_noop" else project
+                cpu_before = worker.cpu_seconds()
                 result[name] = measures[name]()
+                result[f"{name}_worker_cpu_ms_per_task"] = (worker.cpu_seconds() - cpu_before) / N * 1000
             result["load_after"] = os.getloadavg()[0]
             rss.append(project.rss_mb())
             rounds.append(result)
@@ -331,6 +347,9 @@ def run(work: Path, valkey: PrivateValkey, database_url: str) -> dict[str, Any]:
         "plain_celery_noop_tasks_per_second": summary(plain_rates, 1),
         "ratio_sync_to_project_noop": summary(vs_project),
         "ratio_sync_to_plain_noop": summary(vs_plain),
+        "worker_cpu_ms_per_unchanged_sync": summary([r["sync_worker_cpu_ms_per_task"] for r in rounds]),
+        "worker_cpu_ms_per_project_noop": summary([r["project_noop_worker_cpu_ms_per_task"] for r in rounds]),
+        "worker_cpu_ms_per_plain_noop": summary([r["plain_noop_worker_cpu_ms_per_task"] for r in rounds]),
         "tick_seconds": per_sync("tick_seconds"),
         "runs_not_unchanged": sum(r["sync"]["not_unchanged"] for r in rounds),
         "redis_commands_per_sync": per_sync("redis_commands_per_sync"),
@@ -339,6 +358,7 @@ def run(work: Path, valkey: PrivateValkey, database_url: str) -> dict[str, Any]:
         "pg_sessions_per_sync": per_sync("pg_sessions_per_sync"),
         "worker_rss_mb_after_first_sync_then_each_round": [round(total, 1) for total in total_rss],
         "worker_rss_growth_mb_over_unchanged_syncs": round(total_rss[-1] - total_rss[0], 1),
+        "worker_rss_mb_per_process_after_first_sync_and_last_round": [rss[0], rss[-1]],
         "unchanged_syncs_for_rss": N * ROUNDS,
         "load_average_1m_before": round(load_before[0], 2),
         "load_average_1m_per_round": [[round(r["load_before"], 2), round(r["load_after"], 2)] for r in rounds],
