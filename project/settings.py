@@ -135,6 +135,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("SQLITE_TEST_NAME", str(VAR_DIR / "test.sqlite3"))}
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # A client that vanishes mid-transaction (a worker host cut off, a killed process
+    # whose socket lingers) must not hold its row locks for TCP's two hours: the tick's
+    # reaper would block on them. PostgreSQL ends a session idle inside a transaction
+    # after DATABASE_IDLE_IN_TRANSACTION_TIMEOUT s, and both ends probe a silent peer
+    # after DATABASE_KEEPALIVE_IDLE s (dead after three unanswered probes).
+    _idle_tx = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 60)
+    _keepalive = env_int("DATABASE_KEEPALIVE_IDLE", 15)
+    _probe = max(1, _keepalive // 3)
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "keepalives": 1,
+            "keepalives_idle": _keepalive,
+            "keepalives_interval": _probe,
+            "keepalives_count": 3,
+            "options": f"-c idle_in_transaction_session_timeout={_idle_tx * 1000} -c tcp_keepalives_idle={_keepalive} "
+            f"-c tcp_keepalives_interval={_probe} -c tcp_keepalives_count=3",
+        }
+    )
     if test_name := os.environ.get("DATABASE_TEST_NAME"):
         DATABASES["default"]["TEST"] = {"NAME": test_name}
 

@@ -35,6 +35,9 @@ CHAOS_ENV = {
     "SYNC_HARD_TIME_LIMIT": "25",
     "SYNC_LEASE_SECONDS": "30",
     "SYNC_STRANDED_AFTER_SECONDS": "20",
+    # Sessions of a cut-off host release their row locks within seconds, not minutes.
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": "10",
+    "DATABASE_KEEPALIVE_IDLE": "6",
     "SYNC_RETRY_BACKOFF_MAX": "2",
     "HEALTH_DOCKER_ENABLED": "false",
 }
