@@ -189,9 +189,11 @@ def test_a_git_only_fabric_costs_no_extra_query(db, git_repo):
 
     assert result.status == RunStatus.UNCHANGED
     assert "drift" not in result.as_dict()
-    # As before fabrics had clusters: the fabric (its cluster joined in), the run, the
-    # resource count, and the success (a savepoint, two updates, its release).
-    assert len(queries.captured_queries) == 7, [q["sql"][:80] for q in queries.captured_queries]
+    # As before fabrics had clusters: the fabric (its cluster joined in, and its resource
+    # count with it), the RUNNING run as a progress commit (a savepoint here, inside the
+    # test's transaction; SET LOCAL synchronous_commit; the INSERT; its release), and the
+    # success (a savepoint, two updates, its release).
+    assert len(queries.captured_queries) == 9, [q["sql"][:40] for q in queries.captured_queries]
     assert "sync_fabriccluster" in queries.captured_queries[0]["sql"]
 
 
