@@ -28,6 +28,21 @@ def redis_client(url: str | None = None, timeout: float = 3.0) -> redis.Redis:
     return redis.Redis(connection_pool=redis_pool(url or settings.REDIS_URL, timeout))
 
 
+def broker_client() -> redis.Redis | None:
+    """The Celery broker's Redis, or None when the broker is not Redis."""
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return redis_client(url)
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists that hold one Celery queue, one per priority step (Kombu's naming)."""
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+
+
 def docker_client(timeout: float | None = None, max_pool_size: int = 10) -> Any:
     """A Docker Engine API client for ``DOCKER_URL``; the caller closes it.
 

@@ -38,24 +38,12 @@ import redis
 from django.conf import settings
 from kombu.transport.redis import Channel
 
-from core.clients import redis_client
+from core.clients import broker_client, priority_lists
 
 logger = logging.getLogger(__name__)
 
 SYNC_TASKS = frozenset({"sync.sync_fabric", "sync.fan_out"})
 Claim = tuple[int, str]  # (fabric id, lease token)
-
-
-def _broker() -> redis.Redis | None:
-    url = settings.CELERY_BROKER_URL
-    if not url.startswith(("redis://", "rediss://")):
-        return None
-    return redis_client(url)
-
-
-def _queue_keys(queue: str) -> list[str]:
-    """The Redis lists Kombu keeps for one queue: one per priority step."""
-    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in Channel.priority_steps]
 
 
 def claims_in(message: dict[str, Any]) -> list[Claim]:
@@ -85,14 +73,14 @@ def held_claims(now: datetime, stranded_after: float) -> set[Claim] | None:
     ``unacked`` as a fresh delivery. Only the instant between Redis handing it over and
     Kombu recording it is missed, and a claim released for that costs one extra message.
     """
-    client = _broker()
+    client = broker_client()
     if client is None:
         return None
     cutoff = now.timestamp() - stranded_after
     held: set[Claim] = set()
     try:
         pipe = client.pipeline(transaction=False)
-        for key in _queue_keys(settings.SYNC_QUEUE):
+        for key in priority_lists(settings.SYNC_QUEUE):
             pipe.lrange(key, 0, -1)
         waiting = [raw for batch in pipe.execute() for raw in batch]
         delivered: list[tuple[bytes, float]] = list(

@@ -21,9 +21,8 @@ import logging
 from collections.abc import Iterable
 
 import redis
-from django.conf import settings
 
-from core.clients import redis_client
+from core.clients import broker_client
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +32,13 @@ KEY_PREFIX = "fcp:claim:"
 MARGIN_SECONDS = 300
 
 
-def _broker() -> redis.Redis | None:
-    url = settings.CELERY_BROKER_URL
-    if not url.startswith(("redis://", "rediss://")):
-        return None
-    return redis_client(url)
-
-
 def mark(token: str, lease_seconds: float) -> None:
     """Write ``token``'s marker for a lease of ``lease_seconds``; raises if the broker is down.
 
     Called before the claim: a broker that cannot take the marker cannot take the
     messages either, and nothing is claimed.
     """
-    client = _broker()
+    client = broker_client()
     if client is not None:
         client.set(KEY_PREFIX + token, 1, ex=int(lease_seconds) + MARGIN_SECONDS)
 
@@ -62,7 +54,7 @@ def refresh(token: str, lease_seconds: float) -> None:
 def lost(tokens: Iterable[str]) -> set[str]:
     """The tokens whose marker is gone. Empty when the broker cannot be asked: never guess."""
     tokens = sorted(set(tokens))
-    client = _broker()
+    client = broker_client()
     if client is None or not tokens:
         return set()
     try:

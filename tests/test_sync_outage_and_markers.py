@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from core.clients import broker_client
 from sync import claim_markers, leases
 from sync.dispatch import dispatch_due_fabrics
 from sync.leases import BeginOutcome
@@ -21,14 +22,14 @@ pytestmark = pytest.mark.django_db
 
 
 def _lose_marker(token: str) -> None:
-    claim_markers._broker().delete(claim_markers.KEY_PREFIX + token)  # type: ignore[union-attr]
+    broker_client().delete(claim_markers.KEY_PREFIX + token)  # type: ignore[union-attr]
 
 
 def test_a_claim_is_marked_in_the_broker_for_longer_than_its_queue_lease(settings):
     now = timezone.now()
     make_fabric(now=now - timedelta(seconds=1))
     token = leases.claim_due(now).token
-    ttl = claim_markers._broker().ttl(claim_markers.KEY_PREFIX + token)  # type: ignore[union-attr]
+    ttl = broker_client().ttl(claim_markers.KEY_PREFIX + token)  # type: ignore[union-attr]
     assert settings.SYNC_QUEUE_LEASE_SECONDS < ttl <= settings.SYNC_QUEUE_LEASE_SECONDS + claim_markers.MARGIN_SECONDS
     assert claim_markers.lost([token]) == set()
 

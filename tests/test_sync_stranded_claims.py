@@ -20,6 +20,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
+from core.clients import broker_client
 from sync import broker_inventory, claim_markers, leases
 from sync.dispatch import dispatch_due_fabrics, publish
 from sync.models import Fabric, SyncStatus
@@ -61,7 +62,7 @@ def _claim_and_publish(now: datetime, countdown: float | None = None) -> tuple[F
 
 def _vanish(fabric_id: int, token: str) -> None:
     """Remove the claim's message from the sync queue's list, as a pop into a dead connection does."""
-    client = broker_inventory._broker()
+    client = broker_client()
     assert client is not None
     raws: list[str] = list(client.lrange(settings.SYNC_QUEUE, 0, -1))  # type: ignore[arg-type]
     for raw in raws:
@@ -108,7 +109,7 @@ def test_a_claim_whose_message_vanished_is_dispatched_again_by_the_next_tick_wit
     assert fabric.sync_status == SyncStatus.QUEUED
     assert fabric.lease_token not in ("", token)
     assert fabric.consecutive_failures == 0
-    queued = [broker_inventory.claims_in(json.loads(raw)) for raw in broker_inventory._broker().lrange("sync", 0, -1)]  # type: ignore[union-attr]
+    queued = [broker_inventory.claims_in(json.loads(raw)) for raw in broker_client().lrange("sync", 0, -1)]  # type: ignore[union-attr]
     assert queued == [[(fabric.id, fabric.lease_token)]]
 
 
@@ -162,7 +163,7 @@ def test_when_the_broker_cannot_be_read_every_claim_is_kept(settings):
     now = timezone.now()
     fabric, token = _claim_and_publish(now)
     _vanish(fabric.id, token)
-    client = broker_inventory._broker()
+    client = broker_client()
     assert client is not None
     client.rpush(settings.SYNC_QUEUE, "not json")  # a message nobody can parse
 

@@ -17,26 +17,13 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import redis
-from django.conf import settings
-from kombu.transport.redis import PRIORITY_STEPS, Channel
+from kombu.transport.redis import Channel
 
-from core.clients import redis_client
+from core.clients import broker_client, priority_lists
 from scaling.decisions import MetricReading
 
 PUBLISHED_AT_HEADER = "published_at"
 UNACKED_KEY = Channel.unacked_key
-
-
-def broker_client() -> redis.Redis | None:
-    url = settings.CELERY_BROKER_URL
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    return redis_client(url)
-
-
-def priority_lists(queue: str) -> list[str]:
-    """The Redis lists that hold one Celery queue, one per priority step."""
-    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
 
 
 def _not_redis() -> MetricReading:
