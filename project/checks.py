@@ -45,6 +45,17 @@ def check_celery_reliability(app_configs: Any = None, **kwargs: Any) -> list[Che
                 id="project.W001",
             )
         )
+    # kombu's BRPOP waits 1 s on the server; a read timeout at or below it would drop
+    # healthy consumer connections. One above the soft time limit lets a sync's retry
+    # publish on a dead connection outlast the limit.
+    if not 1 < settings.BROKER_SOCKET_TIMEOUT < settings.SYNC_SOFT_TIME_LIMIT:
+        messages.append(
+            Warning(
+                f"BROKER_SOCKET_TIMEOUT ({settings.BROKER_SOCKET_TIMEOUT:g}) should be above 1 s (kombu's BRPOP "
+                f"timeout) and below SYNC_SOFT_TIME_LIMIT ({settings.SYNC_SOFT_TIME_LIMIT}).",
+                id="project.W006",
+            )
+        )
     if settings.TIME_ZONE != "UTC" or not settings.USE_TZ:
         messages.append(Warning("TIME_ZONE must be UTC with USE_TZ=True for leases and schedules.", id="project.W002"))
     return messages

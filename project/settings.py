@@ -22,7 +22,7 @@ from typing import Any
 import dj_database_url
 from kombu import Exchange, Queue
 
-from core.env import env_bool, env_int, env_list, env_str
+from core.env import env_bool, env_float, env_int, env_list, env_str
 from sync.conf import SYNC_HARD_TIME_LIMIT as _SYNC_HARD_TIME_LIMIT
 from sync.conf import SYNC_QUEUE as _SYNC_QUEUE
 from sync.conf import SYNC_SOFT_TIME_LIMIT as _SYNC_SOFT_TIME_LIMIT
@@ -139,7 +139,10 @@ else:
     # whose socket lingers) must not hold its row locks for TCP's two hours: the tick's
     # reaper would block on them. PostgreSQL ends a session idle inside a transaction
     # after DATABASE_IDLE_IN_TRANSACTION_TIMEOUT s, and both ends probe a silent peer
-    # after DATABASE_KEEPALIVE_IDLE s (dead after three unanswered probes).
+    # after DATABASE_KEEPALIVE_IDLE s (dead after three unanswered probes). Keepalives
+    # only probe an idle connection: a query sent into a partition would wait for TCP's
+    # retransmissions (about 15 minutes), so the client also gives up on data left
+    # unacknowledged for as long as the probes take (libpq's tcp_user_timeout).
     _idle_tx = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 60)
     _keepalive = env_int("DATABASE_KEEPALIVE_IDLE", 15)
     _probe = max(1, _keepalive // 3)
@@ -149,6 +152,7 @@ else:
             "keepalives_idle": _keepalive,
             "keepalives_interval": _probe,
             "keepalives_count": 3,
+            "tcp_user_timeout": (_keepalive + 3 * _probe) * 1000,
             "options": f"-c idle_in_transaction_session_timeout={_idle_tx * 1000} -c tcp_keepalives_idle={_keepalive} "
             f"-c tcp_keepalives_interval={_probe} -c tcp_keepalives_count=3",
         }
@@ -222,7 +226,27 @@ CELERY_TASK_TIME_LIMIT = _SYNC_HARD_TIME_LIMIT
 # Redelivery of unacked messages happens after this; it must exceed the lease and any
 # retry countdown (bounded by SYNC_RETRY_BACKOFF_MAX) or Redis re-runs tasks in a loop.
 BROKER_VISIBILITY_TIMEOUT = 7200
-CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
+# A connection the broker can no longer answer on (a firewall or load balancer that
+# dropped its state, a failover, a half-open TCP connection) must fail, not block: with
+# kombu's default of no socket timeout a worker waited forever in a synchronous command
+# (restoring unacked messages after a reset) and consumed nothing again (issue 10).
+# Keepalives find a dead peer on an idle connection; kombu's BRPOP health check
+# (health_check_interval, 25 s) drops a consumer connection whose reply is overdue.
+BROKER_SOCKET_TIMEOUT = env_float("BROKER_SOCKET_TIMEOUT", 30.0)
+BROKER_SOCKET_CONNECT_TIMEOUT = env_float("BROKER_SOCKET_CONNECT_TIMEOUT", 5.0)
+_BROKER_SOCKET_OPTIONS: dict[str, Any] = {
+    "socket_timeout": BROKER_SOCKET_TIMEOUT,
+    "socket_connect_timeout": BROKER_SOCKET_CONNECT_TIMEOUT,
+    "socket_keepalive": True,
+}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
+    **_BROKER_SOCKET_OPTIONS,
+}
+# The same for the result backend (Celery's own settings; its default read timeout is 120 s).
+CELERY_REDIS_SOCKET_TIMEOUT = BROKER_SOCKET_TIMEOUT
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = BROKER_SOCKET_CONNECT_TIMEOUT
+CELERY_REDIS_SOCKET_KEEPALIVE = True
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
     "visibility_timeout": BROKER_VISIBILITY_TIMEOUT,
     # Celery's default (20 retries, 1 s apart) would stall a tick for 20 s when Redis is down.

@@ -4,8 +4,12 @@ The kernel here has no ``netem`` queueing discipline and there is no packet filt
 Toxiproxy's server is not packaged for Debian, so the faults of a bad network link are
 made in user space: every byte still crosses real TCP connections (client to proxy,
 proxy to server), the proxy only delays each chunk by ``latency`` seconds in both
-directions, and ``reset()`` aborts every open connection with a TCP RST (``SO_LINGER``
-0), which is what a stateful firewall or a load balancer dropping its table does.
+directions, ``reset()`` aborts every open connection with a TCP RST (``SO_LINGER``
+0), which is what a stateful firewall or a load balancer dropping its table does, and
+``stall()`` makes every open connection silently dead: the proxy keeps both sockets
+open and drops every byte, so neither end hears a RST or a FIN (a NAT or firewall that
+forgot the flow and drops its packets, a failover behind a virtual IP). New
+connections after a stall work, as they would through that firewall.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class FaultProxy:
         self.port = self.listener.getsockname()[1]
         self.resets = 0
         self._connections: set[socket.socket] = set()
+        self._stalled: set[socket.socket] = set()  # kept open, every byte dropped
         self._lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -46,10 +51,18 @@ class FaultProxy:
         with self._lock:
             cut = list(self._connections)
             self._connections.clear()
+            self._stalled.clear()
         for sock in cut:
             self._abort(sock)
         self.resets += 1
         return len(cut) // 2
+
+    def stall(self) -> int:
+        """Make every open connection silently dead; returns how many."""
+        with self._lock:
+            stalled = len(self._connections - self._stalled) // 2
+            self._stalled |= self._connections
+        return stalled
 
     def close(self) -> None:
         self._closed = True
@@ -59,8 +72,14 @@ class FaultProxy:
     # -- plumbing -----------------------------------------------------------------------
     @staticmethod
     def _abort(sock: socket.socket) -> None:
+        # A pump thread blocked in recv() holds the socket open: close() alone releases
+        # only the descriptor, so the kernel would send nothing and the far end would
+        # wait on a silently dead (half-open) connection. shutdown(SHUT_RD) wakes the
+        # reader and sends nothing; the last release then sends the RST (linger 0).
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
             sock.close()
         except OSError:
             pass
@@ -85,6 +104,8 @@ class FaultProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while chunk := source.recv(65536):
+                if source in self._stalled:
+                    continue  # the link is dead: the bytes go nowhere
                 if self.latency:
                     time.sleep(self.latency)
                 sink.sendall(chunk)
@@ -93,9 +114,12 @@ class FaultProxy:
         finally:
             with self._lock:
                 owned = source in self._connections
-                self._connections.discard(source)
-                self._connections.discard(sink)
-            if owned:  # a clean end on one side: pass it on
+                # A dead link carries no FIN either: the other end keeps waiting.
+                silent = source in self._stalled
+                if not silent:
+                    self._connections.discard(source)
+                    self._connections.discard(sink)
+            if owned and not silent:  # a clean end on one side: pass it on
                 for sock in (source, sink):
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)

@@ -50,6 +50,28 @@ def not_synced_since(since: datetime) -> list[str]:
     return list(Fabric.objects.exclude(id__in=synced).values_list("name", flat=True))
 
 
+def describe(names: list[str]) -> str:
+    """Where each named fabric stands (status, lease, last runs): what a failed bound prints."""
+    now = timezone.now()
+    lines = []
+    for fabric in Fabric.objects.filter(name__in=names):
+        lease = (
+            f"lease {fabric.lease_owner or '-'} ends {(fabric.lease_expires_at - now).total_seconds():+.0f} s"
+            if fabric.lease_expires_at
+            else "no lease"
+        )
+        runs = SyncRun.objects.filter(fabric=fabric).order_by("-started_at")[:4]
+        history = ", ".join(
+            f"{run.status}@{(run.started_at - now).total_seconds():+.0f}s {run.error_message[:80]!r}" for run in runs
+        )
+        lines.append(
+            f"{fabric.name}: {fabric.sync_status}, next {(fabric.next_sync_at - now).total_seconds():+.0f} s, "
+            f"{lease}, deliveries {fabric.lease_deliveries}, failures {fabric.consecutive_failures}, "
+            f"error {fabric.last_error[:120]!r}; runs: {history or 'none'}"
+        )
+    return "; ".join(lines)
+
+
 def assert_healthy_history() -> None:
     overlaps = overlapping_runs()
     assert not overlaps, f"fabrics synced twice at once (fabric, run, run): {overlaps}"

@@ -39,6 +39,8 @@ CHAOS_ENV = {
     "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": "10",
     "DATABASE_KEEPALIVE_IDLE": "6",
     "SYNC_RETRY_BACKOFF_MAX": "2",
+    # Below the soft time limit, as in production (project.checks).
+    "BROKER_SOCKET_TIMEOUT": "10",
     "HEALTH_DOCKER_ENABLED": "false",
 }
 
