@@ -213,6 +213,8 @@ def fill(now: datetime) -> None:
             sync_interval=300,
             sync_status=status,
             consecutive_failures=5 if suspended else 2 if failing else 0,
+            # The start of the first of the two failed runs below (the runner sets it on a real failure).
+            failing_since=now - timedelta(minutes=6) if failing or suspended else None,
             last_error=LONG_ERROR if failing or suspended else "",
             last_sync=now - timedelta(hours=3 if failing else 0, minutes=i % 5),
             last_attempt_at=now - timedelta(minutes=i % 5),

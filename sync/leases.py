@@ -26,7 +26,8 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Case, F, PositiveSmallIntegerField, Q, QuerySet, Value, When
+from django.db.models import Case, DateTimeField, F, PositiveSmallIntegerField, Q, QuerySet, Value, When
+from django.db.models.functions import Coalesce
 from django.db.models.sql import UpdateQuery
 
 from sync import claim_markers
@@ -47,6 +48,13 @@ def due_fabrics(now: datetime) -> QuerySet[Fabric]:
         & ~Q(sync_status=SyncStatus.SUSPENDED)
         & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
     )
+
+
+def streak_start(now: datetime) -> Coalesce:
+    """``failing_since`` for a failure being counted, in the same UPDATE: kept when the
+    streak began earlier, else the start of this attempt (``begin`` stamps
+    ``last_attempt_at``), else ``now``."""
+    return Coalesce(F("failing_since"), F("last_attempt_at"), Value(now), output_field=DateTimeField())
 
 
 def _status_without_lease() -> Case:
@@ -332,7 +340,8 @@ def reap_expired(now: datetime) -> dict[str, int]:
     """Release every expired lease so nothing stays QUEUED or SYNCING forever.
 
     1. Runs still RUNNING under an expired SYNCING lease are marked LOST.
-    2. Those fabrics count a failure and a worker death (``lease_deliveries``, which
+    2. Those fabrics count a failure (starting ``failing_since`` if it is the streak's
+       first) and a worker death (``lease_deliveries``, which
        claims keep, so the poison-message guard holds whichever path re-dispatches).
        Below ``SYNC_MAX_DELIVERIES`` deaths they become due at once (the sync is redone
        in this very tick), or SUSPENDED once the failure limit is reached. At the
@@ -356,6 +365,7 @@ def reap_expired(now: datetime) -> dict[str, int]:
     syncing = expired_syncing.update(
         sync_status=Case(When(reaches_limit, then=Value(SyncStatus.SUSPENDED)), default=Value(SyncStatus.ERROR)),
         consecutive_failures=F("consecutive_failures") + 1,
+        failing_since=streak_start(now),
         # Same wording as sync.runner.record_failure, so a suspension always says why.
         last_error=Case(
             When(

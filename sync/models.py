@@ -82,6 +82,13 @@ class Fabric(models.Model):
     next_sync_at = models.DateTimeField(default=timezone.now)
     sync_status = models.CharField(max_length=20, choices=SyncStatus.choices, default=SyncStatus.NEVER_SYNCED)
     consecutive_failures = models.PositiveIntegerField(default=0)
+    # The start of the attempt whose failure began the current streak: set by the first
+    # failure counted (``sync.runner.record_failure``, ``sync.leases.reap_expired``), kept
+    # by later ones, cleared by a success or a reset. Stored rather than computed from the
+    # runs so the admin can sort 10,000 fabrics by it with an index (issue 11).
+    failing_since = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="Start of the failed attempt that began the failure streak."
+    )
     last_error = models.TextField(blank=True)
     current_commit = models.CharField(max_length=64, blank=True)
     # Hash of (url, branch, path) at the last success: a changed source forces a full

@@ -176,9 +176,9 @@ def set_sync_enabled(fabrics: QuerySet[Fabric], enabled: bool, now: datetime) ->
 def reset_failures(fabrics: QuerySet[Fabric], now: datetime) -> int:
     """Forget the failure streak of every selected fabric that has one and holds no lease.
 
-    Clears ``consecutive_failures`` and ``last_error``, lifts a suspension, and makes
-    the fabric due at once so the next tick retries it instead of waiting out the
-    failure backoff. The status returns to what the last success says: ``in_sync``
+    Clears ``consecutive_failures``, ``failing_since`` and ``last_error``, lifts a
+    suspension, and makes the fabric due at once so the next tick retries it instead
+    of waiting out the failure backoff. The status returns to what the last success says: ``in_sync``
     if the fabric ever synced, else ``never_synced``. Fabrics with a sync queued or
     running are skipped: that sync owns their state and will record its own outcome.
     Healthy fabrics are skipped too, so a reset never triggers a needless sync.
@@ -191,6 +191,7 @@ def reset_failures(fabrics: QuerySet[Fabric], now: datetime) -> int:
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
         .update(
             consecutive_failures=0,
+            failing_since=None,
             last_error="",
             sync_status=Case(
                 When(last_sync__isnull=True, then=Value(SyncStatus.NEVER_SYNCED)),

@@ -6,7 +6,8 @@
    warns when that is less than an hour of a 60 s fabric, the window /metrics reads).
 3. Never deleted, however old: a RUNNING run; the latest run of a fabric (what its
    status says); its latest SUCCESS (the run that brought its current commit); and the
-   first failure since its last success (the admin's "failing since").
+   first failure since its last success (the run that began the streak
+   ``Fabric.failing_since`` dates).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sync.models import Fabric, RunStatus, SyncRun
 from sync.prometheus import DURATION_WINDOW
 
 ROUTINE = (RunStatus.UNCHANGED, RunStatus.SKIPPED)
-# The statuses the fabric admin's "failing since" column looks for (sync/admin.py).
+# The failed statuses: the first of a streak is the run that began it.
 FAILED = (RunStatus.FAILED, RunStatus.RETRYING, RunStatus.LOST)
 # Fabrics per range: each rule reads one range of fabrics at a time.
 FABRIC_CHUNK = 500

@@ -299,6 +299,7 @@ def _commit_success(
                 fabric, next_sync_after_success(finished, fabric.sync_interval, due_at=fabric.next_sync_at)
             ),
             consecutive_failures=0,
+            failing_since=None,
             # The Git result stands; a live failure is still what an operator should see.
             last_error=live.fabric_error if live is not None else "",
             current_commit=commit,
@@ -371,8 +372,9 @@ def record_failure(
     """Record a failed attempt on the run and the fabric (only while we hold the lease).
 
     A retrying failure keeps the lease and returns the fabric to QUEUED. A final one
-    counts a consecutive failure, pushes ``next_sync_at`` out exponentially and
-    suspends the fabric once ``SYNC_SUSPEND_AFTER_FAILURES`` is reached.
+    counts a consecutive failure (the streak's first also sets ``failing_since``),
+    pushes ``next_sync_at`` out exponentially and suspends the fabric once
+    ``SYNC_SUSPEND_AFTER_FAILURES`` is reached.
     """
     now = clock()
     message = redact(str(error))[:2000]
@@ -390,6 +392,7 @@ def record_failure(
     held.update(
         sync_status=SyncStatus.SUSPENDED if suspended else SyncStatus.ERROR,
         consecutive_failures=F("consecutive_failures") + 1,
+        failing_since=leases.streak_start(now),
         last_error=last_error,
         next_sync_at=_unless_moved(
             fabric, next_sync_after_failure(now, failures, fabric.sync_interval, settings.SYNC_FAILURE_BACKOFF_MAX)

@@ -49,6 +49,7 @@ def failing_fabric(name: str, since_minutes: int = 42, **fields) -> Fabric:
     state = {
         "sync_status": SyncStatus.ERROR,
         "consecutive_failures": 2,
+        "failing_since": now - timedelta(minutes=since_minutes),
         "last_sync": now - timedelta(hours=3),
         "last_attempt_at": now - timedelta(minutes=5),
         "last_error": "manifests/vlans.yaml:7:3: invalid YAML: mapping values are not allowed here " + "x" * 100,

@@ -34,7 +34,7 @@ LONG_ERROR = "manifests/production/vlans.yaml:7:3: invalid YAML: " + "mapping va
 LONG_URL = "https://git.example.com/network-engineering/datacenter-east/very/long/path/to/fabric-east-01.git"
 # list -> the columns that must stay on screen
 PAGES = {
-    "/admin/sync/fabric/": ["status", "failing_since", "last_error_short", "source"],
+    "/admin/sync/fabric/": ["status", "failing", "last_error_short", "source"],
     "/admin/sync/syncrun/": ["started", "status_badge", "changes", "error"],
     "/admin/sync/resource/": ["kind_of", "fabric", "source", "updated"],
     "/admin/scaling/scalingevent/": ["when", "change", "rule", "short_reason"],

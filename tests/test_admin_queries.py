@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 from itertools import count
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from django.db import connection
@@ -22,6 +23,7 @@ from core.models import Credential
 from resilience.models import CircuitBreakerState, ComponentHealth, HealingAttempt, HealthTransition
 from scaling.models import ScalingEvent, ScalingPolicy
 from sync.models import DriftedObject, Fabric, FabricCluster, Resource, RunStatus, SyncRun, SyncStatus
+from tests.conftest import is_postgres, require
 
 pytestmark = pytest.mark.django_db
 
@@ -61,6 +63,7 @@ def populate(fabrics: int) -> list[Fabric]:
             git_credential=https if i % 3 == 0 else None,
             sync_status=SyncStatus.ERROR if i % 4 == 0 else SyncStatus.IN_SYNC,
             consecutive_failures=1 if i % 4 == 0 else 0,
+            failing_since=now - timedelta(minutes=1 + i) if i % 4 == 0 else None,
             last_error="boom" if i % 4 == 0 else "",
             last_sync=now - timedelta(hours=1),
         )
@@ -141,16 +144,41 @@ def test_every_list_costs_the_same_queries_for_200_fabrics_as_for_10(admin_clien
     assert many == few
 
 
+FAILING_SINCE = str(1 + ["name", "status", "drift", "failing"].index("failing"))
+FABRIC_VARIANTS = {
+    "by failing since": {"o": FAILING_SINCE},
+    "failing, by since": {"health": "failing", "o": FAILING_SINCE},
+    "by failing since, reversed": {"o": f"-{FAILING_SINCE}"},
+    "a search": {"q": "fabric-"},
+}
+
+
+@pytest.mark.parametrize("variant", FABRIC_VARIANTS)
+def test_sorting_the_fabrics_by_failing_since_or_searching_them_costs_the_same_queries_for_200_as_for_10(
+    admin_client, variant
+):
+    url = changelist("sync_fabric")
+    populate(10)
+    few = queries_of(admin_client, f"{url}?{urlencode(FABRIC_VARIANTS[variant])}")
+
+    populate(190)
+    many = queries_of(admin_client, f"{url}?{urlencode(FABRIC_VARIANTS[variant])}")
+
+    assert len(many) == len(few)
+    assert not any("sync_syncrun" in q for q in many)  # sorted by a column of the fabric, not by its runs
+
+
 def test_the_fabric_list_counts_the_plain_table_and_computes_columns_for_the_shown_page_only(admin_client):
     fabrics = populate(200)
 
     sql = queries_of(admin_client, changelist("sync_fabric"))
 
     counts = [q for q in sql if q.startswith('SELECT COUNT(*) AS "__count" FROM "sync_fabric"')]
-    assert len(counts) == 2  # this page's total and the unfiltered total
+    assert len(counts) == 1  # this page's total; no second count of the unfiltered table
     assert not any("sync_resource" in q or "sync_syncrun" in q for q in counts)
+    assert not any("sync_syncrun" in q for q in sql)  # "failing since" is a column of the fabric
     columns = [q for q in sql if "sync_resource" in q]
-    assert len(columns) == 1  # resource counts and "failing since", in one query
+    assert len(columns) == 1  # the resource counts, in one query
     page_ids = re.search(r'"sync_fabric"\."id" IN \(([^)]*)\)', columns[0])
     assert page_ids is not None
     assert len(page_ids.group(1).split(",")) == 100  # the first page, not the 200 fabrics
@@ -174,22 +202,22 @@ def test_the_page_columns_are_those_of_each_fabric_on_every_page(admin_client):
 def test_the_fabric_list_sorts_by_failing_since_with_the_longest_failing_first(admin_client):
     now = timezone.now()
     for minutes in (5, 50, 20):
-        fabric = Fabric.objects.create(
+        Fabric.objects.create(
             name=f"failing-{minutes}",
             git_url="/x",
             sync_status=SyncStatus.ERROR,
             consecutive_failures=1,
+            failing_since=now - timedelta(minutes=minutes),
             last_sync=now - timedelta(hours=2),
         )
-        SyncRun.objects.create(
-            fabric=fabric, trigger="schedule", status=RunStatus.FAILED, started_at=now - timedelta(minutes=minutes)
-        )
     Fabric.objects.create(name="healthy", git_url="/x", sync_status=SyncStatus.IN_SYNC)
-    failing_since = 1 + ["name", "status", "drift", "failing_since"].index("failing_since")
+    failing_since = 1 + ["name", "status", "drift", "failing"].index("failing")
 
     response = admin_client.get(changelist("sync_fabric"), {"o": str(failing_since)})
+    reversed_ = admin_client.get(changelist("sync_fabric"), {"o": f"-{failing_since}"})
 
     assert [f.name for f in response.context["cl"].result_list] == ["failing-50", "failing-20", "failing-5", "healthy"]
+    assert [f.name for f in reversed_.context["cl"].result_list] == ["healthy", "failing-5", "failing-20", "failing-50"]
 
 
 @pytest.mark.parametrize("name", FABRIC_ROW_LISTS)
@@ -269,3 +297,13 @@ def test_a_deep_page_reads_its_ids_through_the_index_first_and_shows_the_same_ro
     assert len(ids_first) == 1
     assert "OFFSET 1100" in ids_first[0]
     assert "sync_fabric" not in ids_first[0]  # no join for the rows skipped
+
+
+def test_the_fabric_search_reads_a_trigram_index_on_postgresql():
+    require(is_postgres(), "the trigram index exists on PostgreSQL only (sync/migrations/0010)")
+    populate(10)
+    search = Fabric.objects.filter(name__icontains="fabric-1-00")  # what the admin's search runs
+    with connection.cursor() as cursor:  # only a bitmap scan may answer: it needs an index on the expression
+        for plan in ("enable_seqscan", "enable_indexscan", "enable_indexonlyscan"):
+            cursor.execute(f"SET LOCAL {plan} = off")
+    assert "fabric_name_trgm_idx" in search.explain()

@@ -1,8 +1,8 @@
 """The overview's sections, each a few queries answering one operator question.
 
 - Fabrics: how many per sync status and per drift status, and which fail since when
-  with what error (``failing_since`` is the first failed run after the last success, as
-  in the fabric changelist).
+  with what error (since ``Fabric.failing_since``, the start of the attempt that began
+  the streak, as in the fabric changelist).
 - Components: which are not healthy, and which are *stale* (no check for two ticks,
   ``resilience.verdict.display_status``), with when the sweeps last recorded anything.
 - Breakers: those not closed, read live from Redis (the snapshot rows when Redis is away).
@@ -29,7 +29,7 @@ from resilience import verdict
 from resilience.models import CircuitBreakerState, ComponentHealth
 from scaling.decisions import ScaleDirection
 from scaling.models import ScalingEvent, ScalingPolicy
-from sync.models import DriftStatus, Fabric, FabricCluster, RunStatus, SyncRun, SyncStatus
+from sync.models import DriftStatus, Fabric, FabricCluster, SyncStatus
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ LIST_LIMIT = 20
 RECENT_SCALING = 10
 ERROR_CHARS = 300
 FAILING = (SyncStatus.ERROR, SyncStatus.SUSPENDED)
-FAILED_RUNS = (RunStatus.FAILED, RunStatus.RETRYING, RunStatus.LOST)
 
 
 # --- Fabrics ---------------------------------------------------------------------------
@@ -82,28 +81,20 @@ def fabric_summary() -> FabricSummary:
     disabled = Fabric.objects.filter(sync_enabled=False).count()
     drift = dict(FabricCluster.objects.values_list("drift_status").annotate(n=Count("id")).order_by())
     failing_rows = Fabric.objects.filter(Q(sync_status__in=FAILING) | Q(consecutive_failures__gt=0))
-    first_failure = (
-        SyncRun.objects.filter(fabric=OuterRef("pk"), status__in=FAILED_RUNS)
-        .filter(Q(started_at__gt=OuterRef("last_sync")) | Q(fabric__last_sync__isnull=True))
-        .order_by("started_at")
-        .values("started_at")[:1]
-    )
     failing = [
         FailingFabric(
             id=f.id,
             name=f.name,
             status=f.sync_status,
             status_label=f.get_sync_status_display(),
-            since=getattr(f, "first_failure_at", None) or f.last_attempt_at,  # runs may have been pruned
+            since=f.failing_since or f.last_attempt_at,
             consecutive_failures=f.consecutive_failures,
             last_error=redact(f.last_error)[:ERROR_CHARS],
             url=reverse("admin:sync_fabric_change", args=[f.id]),
         )
-        for f in failing_rows.annotate(first_failure_at=Subquery(first_failure))
-        .order_by(Coalesce("first_failure_at", "last_attempt_at").asc(nulls_last=True), "name")
-        .only("id", "name", "sync_status", "consecutive_failures", "last_error", "last_attempt_at", "last_sync")[
-            :LIST_LIMIT
-        ]
+        for f in failing_rows.order_by(Coalesce("failing_since", "last_attempt_at").asc(nulls_last=True), "name").only(
+            "id", "name", "sync_status", "consecutive_failures", "failing_since", "last_error", "last_attempt_at"
+        )[:LIST_LIMIT]
     ]
     drifted_rows = FabricCluster.objects.filter(drift_status=DriftStatus.OUT_OF_SYNC).select_related("fabric")
     drifted = [
