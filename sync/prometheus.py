@@ -44,22 +44,30 @@ def fabric_metrics(now: datetime) -> Iterator[Metric]:
         "last_attempt_at",
         "next_sync_at",
         "consecutive_failures",
+        "failing_since",
     )
     last_success = _gauge("fcp_fabric_last_success_timestamp_seconds", "Last successful sync (Unix time).", ["fabric"])
     last_attempt = _gauge("fcp_fabric_last_attempt_timestamp_seconds", "Last sync attempt (Unix time).", ["fabric"])
     next_sync = _gauge("fcp_fabric_next_sync_timestamp_seconds", "When the fabric is next due (Unix time).", ["fabric"])
     failures = _gauge("fcp_fabric_consecutive_failures", "Failed syncs in a row (0 after a success).", ["fabric"])
+    failing_since = _gauge(
+        "fcp_fabric_failing_since_timestamp_seconds",
+        "Start of the attempt that began the current failure streak (Unix time); absent when not failing.",
+        ["fabric"],
+    )
     interval = _gauge("fcp_fabric_sync_interval_seconds", "The fabric's configured sync interval.", ["fabric"])
     enabled = _gauge("fcp_fabric_sync_enabled", "1 when the fabric is synced on schedule, 0 when disabled.", ["fabric"])
     status = _gauge("fcp_fabric_status", "The fabric's sync status: 1 for the current one.", ["fabric", "status"])
     by_status: Counter[str] = Counter()
-    for name, sync_status, sync_enabled, sync_interval, last_sync, attempt, next_at, streak in rows:
+    for name, sync_status, sync_enabled, sync_interval, last_sync, attempt, next_at, streak, since in rows:
         if last_sync is not None:
             last_success.add_metric([name], last_sync.timestamp())
         if attempt is not None:
             last_attempt.add_metric([name], attempt.timestamp())
         next_sync.add_metric([name], next_at.timestamp())
         failures.add_metric([name], streak)
+        if since is not None:
+            failing_since.add_metric([name], since.timestamp())
         interval.add_metric([name], sync_interval)
         enabled.add_metric([name], 1 if sync_enabled else 0)
         status.add_metric([name, sync_status], 1)
@@ -67,7 +75,7 @@ def fabric_metrics(now: datetime) -> Iterator[Metric]:
     totals = _gauge("fcp_fabrics", "Fabrics by sync status.", ["status"])
     for value in SyncStatus.values:
         totals.add_metric([value], by_status[value])
-    yield from (last_success, last_attempt, next_sync, failures, interval, enabled, status, totals)
+    yield from (last_success, last_attempt, next_sync, failures, failing_since, interval, enabled, status, totals)
     yield GaugeMetricFamily(
         "fcp_sync_due_fabrics",
         "Fabrics due now and not leased: what the next tick would claim (the backlog).",

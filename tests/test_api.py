@@ -213,6 +213,7 @@ def test_the_fabric_list_says_status_drift_last_sync_and_errors_and_filters(toke
         git_url="https://deploy:s3cret@git.example/fabric.git",
         sync_status=SyncStatus.ERROR,
         consecutive_failures=3,
+        failing_since=now - timedelta(hours=1),
         last_error="fatal: could not read from https://deploy:s3cret@git.example/fabric.git",
         last_attempt_at=now - timedelta(minutes=2),
     )
@@ -226,10 +227,13 @@ def test_the_fabric_list_says_status_drift_last_sync_and_errors_and_filters(toke
     beta = everything["fabrics"][1]
     assert set(beta) == {
         "id", "name", "url", "git_url", "git_branch", "git_path", "sync_enabled", "sync_interval", "status",
-        "last_sync", "last_attempt_at", "next_sync_at", "consecutive_failures", "last_error", "commit", "drift",
+        "last_sync", "last_attempt_at", "next_sync_at", "consecutive_failures", "failing_since", "last_error",
+        "commit", "drift",
     }  # fmt: skip
     assert beta["url"] == f"/api/fabrics/{failing.id}/"
     assert (beta["status"], beta["consecutive_failures"], beta["drift"]) == ("error", 3, None)
+    assert beta["failing_since"] == (now - timedelta(hours=1)).isoformat()
+    assert everything["fabrics"][0]["failing_since"] is None
     assert "s3cret" not in str(everything)  # credentials are masked in URLs and errors
     assert failing.last_attempt_at is not None
     assert beta["last_attempt_at"] == failing.last_attempt_at.isoformat()

@@ -107,6 +107,11 @@ def test_a_scrape_after_real_syncs_reports_last_success_failures_status_and_dura
     )
     assert value(samples, "fcp_fabric_consecutive_failures", fabric="broken") == 2
     assert value(samples, "fcp_fabric_consecutive_failures", fabric="east") == 0
+    assert broken.failing_since is not None
+    assert value(samples, "fcp_fabric_failing_since_timestamp_seconds", fabric="broken") == (
+        broken.failing_since.timestamp()
+    )
+    assert ("fcp_fabric_failing_since_timestamp_seconds", frozenset({("fabric", "east")})) not in samples
     assert value(samples, "fcp_fabric_status", fabric="broken", status=SyncStatus.ERROR) == 1
     assert value(samples, "fcp_fabric_status", fabric="east", status=SyncStatus.IN_SYNC) == 1
     assert value(samples, "fcp_fabrics", status=SyncStatus.IN_SYNC) == 1

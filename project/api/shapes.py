@@ -40,6 +40,7 @@ def fabric_shape(fabric: Fabric) -> dict[str, Any]:
         "last_attempt_at": iso(fabric.last_attempt_at),
         "next_sync_at": iso(fabric.next_sync_at),
         "consecutive_failures": fabric.consecutive_failures,
+        "failing_since": iso(fabric.failing_since),
         "last_error": redact(fabric.last_error),
         "commit": fabric.current_commit,
         "drift": None
