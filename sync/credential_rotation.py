@@ -25,10 +25,17 @@ from sync.models import Fabric, SyncStatus
 
 
 def retry_failing_fabrics(credential_id: int, now: datetime) -> int:
-    """Make the failing, backed-off fabrics that use ``credential_id`` due at ``now``."""
+    """Make the fabrics that use ``credential_id`` and are failing for it due at ``now``.
+
+    Failing means a failure streak (a Git credential, or a cluster token whose 401 failed
+    the sync) or a cluster whose live step last failed: a rejected cluster token never
+    fails the Git sync, so its fabric is not in backoff, but its drift stays unknown
+    until the next interval unless the rotation brings the comparison forward.
+    """
     uses_it = Q(git_credential_id=credential_id) | Q(cluster__token_id=credential_id)
+    failing = Q(consecutive_failures__gt=0) | (Q(cluster__token_id=credential_id) & ~Q(cluster__last_error=""))
     return (
-        Fabric.objects.filter(uses_it, consecutive_failures__gt=0, next_sync_at__gt=now)
+        Fabric.objects.filter(uses_it, failing, next_sync_at__gt=now)
         .exclude(sync_status=SyncStatus.SUSPENDED)
         .update(next_sync_at=now)
     )

@@ -65,3 +65,33 @@ def test_saving_a_credential_without_a_new_secret_changes_no_schedule():
 
     failing.refresh_from_db()
     assert failing.next_sync_at == timezone.now() + HOUR
+
+
+def test_a_rotated_cluster_token_brings_forward_the_fabrics_whose_live_step_it_failed():
+    from sync.models import FabricCluster
+
+    with freeze_time("2026-12-03 10:00:00") as clock:
+        token = Credential(name="k8s", kind=Credential.Kind.BEARER_TOKEN)
+        token.set_secret("first-t0ken")
+        token.save()
+        later = timezone.now() + HOUR
+
+        def with_cluster(name: str, last_error: str) -> Fabric:
+            fabric = make_fabric("https://git.example.com/fabric.git", name=name, next_sync_at=later)
+            FabricCluster.objects.create(
+                fabric=fabric, server_url="https://kube.example.com:6443", token=token, last_error=last_error
+            )
+            return fabric
+
+        rejected = with_cluster("rejected", "the cluster kube.example.com:6443 rejected the bearer token (401)")
+        comparing = with_cluster("comparing", "")
+
+        clock.tick(timedelta(minutes=5))
+        token.set_secret("second-t0ken")
+        token.save()
+
+        due = {fabric.name: fabric.next_sync_at for fabric in Fabric.objects.all()}
+        assert due[rejected.name] == timezone.now()  # its drift is unknown: compare again now
+        assert due[comparing.name] == later  # its live step works: its schedule is right as it is
+        rejected.refresh_from_db()
+        assert rejected.consecutive_failures == 0  # a live error never failed the Git sync
