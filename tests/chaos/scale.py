@@ -32,6 +32,13 @@ class ChaosScale:
         """``base`` items on the reference host, scaled to this one."""
         return max(minimum, round(base * self.factor))
 
+    def drain(self, seconds: float) -> float:
+        """A bound for working off a backlog: ``seconds`` on the reference host, times the
+        backlog's growth. The worker count stays, so a backlog ``factor`` times the size
+        takes ``factor`` times as long; the bounds of recovering from a fault (leases,
+        ticks, detection) are never scaled."""
+        return seconds * max(1.0, self.factor)
+
     @property
     def fabrics(self) -> int:
         return self.n(20, minimum=4)

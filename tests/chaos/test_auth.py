@@ -89,7 +89,7 @@ def test_a_rejected_credential_fails_only_its_fabrics_and_its_rotation_recovers_
             start = timezone.now()
         chaos_stack.tick()
         with chaos_stack.orm():
-            wait_for(lambda: _synced_since(everyone, start) == set(everyone), timeout=SYNC_SECONDS,
+            wait_for(lambda: _synced_since(everyone, start) == set(everyone), timeout=chaos_scale.drain(SYNC_SECONDS),
                      message="the first round did not sync every fabric")  # fmt: skip
 
             # The host stops accepting the old token.
@@ -104,7 +104,7 @@ def test_a_rejected_credential_fails_only_its_fabrics_and_its_rotation_recovers_
                 return set(runs.values_list("fabric_id", flat=True))
 
             wait_for(lambda: failed_since() == set(https) and _synced_since(local, rejected_at) == set(local),
-                     timeout=SYNC_SECONDS, message="rejection round did not finish")  # fmt: skip
+                     timeout=chaos_scale.drain(SYNC_SECONDS), message="rejection round did not finish")  # fmt: skip
             leased = Fabric.objects.filter(sync_status__in=[SyncStatus.QUEUED, SyncStatus.SYNCING])
             wait_for(lambda: not leased.exists(), timeout=30)
             for fabric in Fabric.objects.filter(id__in=https):
@@ -130,7 +130,7 @@ def test_a_rejected_credential_fails_only_its_fabrics_and_its_rotation_recovers_
             assert not Fabric.objects.filter(id__in=https, next_sync_at__gt=rotated_at).exists()
         chaos_stack.tick()
         with chaos_stack.orm():
-            wait_for(lambda: _synced_since(https, rotated_at) == set(https), timeout=SYNC_SECONDS,
+            wait_for(lambda: _synced_since(https, rotated_at) == set(https), timeout=chaos_scale.drain(SYNC_SECONDS),
                      message="the fabrics did not sync after the rotation")  # fmt: skip
             assert set(Fabric.objects.filter(id__in=https).values_list("consecutive_failures", flat=True)) == {0}
             log = worker.log(tail=10_000_000)

@@ -26,6 +26,6 @@ def test_one_tick_syncs_every_due_fabric_once_through_real_workers(
     assert summary["metrics"]["sync"]["fabrics_dispatched"] == chaos_scale.fabrics, summary
 
     with chaos_stack.orm():
-        wait_for(lambda: not not_synced_since(since), timeout=120, message="not every fabric synced")
+        wait_for(lambda: not not_synced_since(since), timeout=chaos_scale.drain(120), message="not every fabric synced")
         assert set(Fabric.objects.values_list("sync_status", flat=True)) == {SyncStatus.IN_SYNC}
         assert_healthy_history()

@@ -57,7 +57,7 @@ def test_claims_whose_messages_redis_lost_are_dispatched_again_by_the_next_tick(
             if ticks == 1:
                 assert summary["metrics"]["sync"].get("claims_lost_by_broker") == chaos_scale.fabrics, summary
             try:
-                wait_for(lambda: not not_synced_since(since), timeout=DRAIN_SECONDS)
+                wait_for(lambda: not not_synced_since(since), timeout=chaos_scale.drain(DRAIN_SECONDS))
             except AssertionError:
                 continue
         assert not not_synced_since(since), f"not synced within 2 ticks: {not_synced_since(since)}"
@@ -97,7 +97,7 @@ def test_syncs_in_flight_when_redis_dies_finish_and_the_rest_recover_within_two_
             stack.tick()
             ticks += 1
             try:
-                wait_for(lambda: not not_synced_since(since), timeout=DRAIN_SECONDS)
+                wait_for(lambda: not not_synced_since(since), timeout=chaos_scale.drain(DRAIN_SECONDS))
             except AssertionError:
                 continue
         missing = not_synced_since(since)

@@ -99,7 +99,7 @@ def test_a_revoked_cluster_token_fails_only_the_live_step_and_its_rotation_compa
         start = timezone.now()
     chaos_stack.tick()
     with chaos_stack.orm():
-        wait_for(lambda: round_finished(start), timeout=SYNC_SECONDS, message=worker.log())
+        wait_for(lambda: round_finished(start), timeout=chaos_scale.drain(SYNC_SECONDS), message=worker.log())
         first = _last_runs(live, start)
         assert {run.live_status for run in first.values()} == {LiveStatus.COMPARED}, worker.log()
 
@@ -109,7 +109,7 @@ def test_a_revoked_cluster_token_fails_only_the_live_step_and_its_rotation_compa
         Fabric.objects.update(next_sync_at=revoked_at)
     chaos_stack.tick()
     with chaos_stack.orm():
-        wait_for(lambda: round_finished(revoked_at), timeout=SYNC_SECONDS, message=worker.log())
+        wait_for(lambda: round_finished(revoked_at), timeout=chaos_scale.drain(SYNC_SECONDS), message=worker.log())
         runs = _last_runs(everyone, revoked_at)
         assert all(run.status in SYNCED for run in runs.values()), {r.fabric_id: r.status for r in runs.values()}
         for fabric_id in live:
@@ -133,7 +133,11 @@ def test_a_revoked_cluster_token_fails_only_the_live_step_and_its_rotation_compa
         assert all(when <= rotated_at for when in due.values()), due
     chaos_stack.tick()
     with chaos_stack.orm():
-        wait_for(lambda: set(_last_runs(live, rotated_at)) == set(live), timeout=SYNC_SECONDS, message=worker.log())
+        wait_for(
+            lambda: set(_last_runs(live, rotated_at)) == set(live),
+            timeout=chaos_scale.drain(SYNC_SECONDS),
+            message=worker.log(),
+        )
         again = _last_runs(live, rotated_at)
         statuses: dict[int, Any] = {fabric_id: (run.live_status, run.live_error) for fabric_id, run in again.items()}
         assert {status for status, _ in statuses.values()} == {LiveStatus.COMPARED}, statuses

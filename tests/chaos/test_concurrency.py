@@ -76,6 +76,8 @@ def test_simultaneous_ticks_and_manual_syncs_never_sync_a_fabric_twice_at_once(
         assert dispatched <= count  # no fabric claimed by two ticks
         assert enqueued + busy == count // 3
         with chaos_stack.orm():
-            wait_for(partial(_all_synced_since, since), timeout=120, message="a fabric was not synced")
+            wait_for(
+                partial(_all_synced_since, since), timeout=chaos_scale.drain(120), message="a fabric was not synced"
+            )
             wait_for(lambda: not Fabric.objects.filter(sync_status__in=["queued", "syncing"]).exists(), timeout=60)
             assert_healthy_history()

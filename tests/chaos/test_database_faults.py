@@ -28,13 +28,13 @@ pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 DRAIN_SECONDS = 120
 
 
-def _sync_within_two_ticks(stack: ChaosStack, since) -> None:
+def _sync_within_two_ticks(stack: ChaosStack, since, drain: float) -> None:
     ticks = 0
     while not_synced_since(since) and ticks < 2:
         stack.tick()
         ticks += 1
         try:
-            wait_for(lambda: not not_synced_since(since), timeout=DRAIN_SECONDS)
+            wait_for(lambda: not not_synced_since(since), timeout=drain)
         except AssertionError:
             continue
     missing = not_synced_since(since)
@@ -68,7 +68,7 @@ def test_every_connection_reset_mid_backlog_blames_no_fabric(chaos_stack: ChaosS
             time.sleep(0.3)
     assert resets > 0, "no worker connection was open to reset: the test proves nothing"
     with chaos_stack.orm():
-        _sync_within_two_ticks(chaos_stack, since)
+        _sync_within_two_ticks(chaos_stack, since, chaos_scale.drain(DRAIN_SECONDS))
         _nothing_blamed()
         assert_healthy_history()
 
@@ -100,7 +100,7 @@ def test_a_fabric_row_locked_by_another_session_delays_only_that_fabric(chaos_st
         release.set()
         holder.join()
     with chaos_stack.orm():
-        _sync_within_two_ticks(chaos_stack, since)
+        _sync_within_two_ticks(chaos_stack, since, DRAIN_SECONDS)
         _nothing_blamed()
         assert Fabric.objects.get(id=ids[0]).sync_status == SyncStatus.IN_SYNC
         assert_healthy_history()

@@ -54,7 +54,7 @@ def test_a_20_second_database_outage_is_retried_through_and_counted_against_no_f
             chaos_stack.tick()
             ticks += 1
             try:
-                wait_for(lambda: not not_synced_since(since), timeout=DRAIN_SECONDS)
+                wait_for(lambda: not not_synced_since(since), timeout=chaos_scale.drain(DRAIN_SECONDS))
             except AssertionError:
                 continue
         missing = not_synced_since(since)

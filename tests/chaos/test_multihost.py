@@ -179,7 +179,7 @@ def test_a_partitioned_worker_host_loses_its_claims_to_the_others_and_rejoins(
         assert not overlapping_runs(), overlapping_runs()
 
         # Its claims come back after their lease: synced by another host within lease + 2 ticks.
-        bound = LEASE_SECONDS + 2 * TICK_SECONDS + DRAIN_SECONDS
+        bound = LEASE_SECONDS + 2 * TICK_SECONDS + chaos_scale.drain(DRAIN_SECONDS)
         wait_for(lambda: synced_after(held, partitioned_at, exclude_worker=victim_node) == held, timeout=bound,
                  interval=0.5, message=f"claims of the cut-off host not synced again within {bound} s: "
                  f"{held - synced_after(held, partitioned_at, exclude_worker=victim_node)}")  # fmt: skip

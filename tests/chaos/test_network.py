@@ -86,7 +86,7 @@ def test_latency_then_resets_between_a_worker_and_its_services_lose_and_double_n
         with chaos_stack.orm():
             since = timezone.now()
             started = time.monotonic()
-            ticks = _tick_until_synced(chaos_stack, since, SYNC_SECONDS)
+            ticks = _tick_until_synced(chaos_stack, since, chaos_scale.drain(SYNC_SECONDS))
             slow_seconds = time.monotonic() - started
             print(f"\nnetwork: {count} fabrics over the slow link synced in {slow_seconds:.1f} s, {ticks} tick(s)")
             assert set(Fabric.objects.values_list("consecutive_failures", flat=True)) == {0}
@@ -149,7 +149,7 @@ def test_a_silently_dead_broker_link_stalls_no_worker_and_loses_nothing(
         with chaos_stack.orm():
             since = timezone.now()
             started = time.monotonic()
-            _tick_until_synced(chaos_stack, since, SYNC_SECONDS)
+            _tick_until_synced(chaos_stack, since, chaos_scale.drain(SYNC_SECONDS))
             slow_seconds = time.monotonic() - started
             since = timezone.now()
             Fabric.objects.update(next_sync_at=since)

@@ -92,8 +92,10 @@ def test_a_full_disk_fails_syncs_readably_and_the_first_sync_after_space_returns
         since = _due_now_and_tick(chaos_stack)
         with chaos_stack.orm():
             failed = SyncRun.objects.filter(started_at__gte=since, status=RunStatus.FAILED)
-            wait_for(lambda: _settled() and failed.values("fabric_id").distinct().count() == Fabric.objects.count(),
-                     timeout=SYNC_SECONDS, message="the syncs on a full disk did not all fail")  # fmt: skip
+            all_failed = lambda: _settled() and failed.values("fabric_id").distinct().count() == Fabric.objects.count()  # noqa: E731
+            wait_for(
+                all_failed, timeout=chaos_scale.drain(SYNC_SECONDS), message="the syncs on a full disk did not all fail"
+            )
             for fabric in Fabric.objects.all():
                 assert fabric.sync_status == SyncStatus.ERROR, fabric.sync_status
                 assert "No space left on device" in fabric.last_error, fabric.last_error
@@ -102,7 +104,7 @@ def test_a_full_disk_fails_syncs_readably_and_the_first_sync_after_space_returns
         filler.unlink()  # space is back
         since = _due_now_and_tick(chaos_stack)
         with chaos_stack.orm():
-            wait_for(lambda: not not_synced_since(since), timeout=SYNC_SECONDS,
+            wait_for(lambda: not not_synced_since(since), timeout=chaos_scale.drain(SYNC_SECONDS),
                      message="a fabric stayed broken after the disk had space again")  # fmt: skip
             assert set(Fabric.objects.values_list("sync_status", flat=True)) == {SyncStatus.IN_SYNC}
             assert_healthy_history()
@@ -117,7 +119,11 @@ def test_pool_processes_out_of_file_descriptors_say_so_count_no_failure_and_reco
     worker = chaos_stack.start_worker("fds", concurrency=2)
     since = _due_now_and_tick(chaos_stack)
     with chaos_stack.orm():
-        wait_for(lambda: not not_synced_since(since), timeout=SYNC_SECONDS, message="baseline round failed")
+        wait_for(
+            lambda: not not_synced_since(since),
+            timeout=chaos_scale.drain(SYNC_SECONDS),
+            message="baseline round failed",
+        )
 
     children = worker.children()
     assert len(children) == 2, children
@@ -142,7 +148,7 @@ def test_pool_processes_out_of_file_descriptors_say_so_count_no_failure_and_reco
         # A retry that could not be published (no descriptor for a broker connection) is
         # dropped by Celery: its claim comes back through the stranded-claim release or
         # the lease reaper, at a later tick (beat's, here every TICK_SECONDS).
-        bound = LEASE_SECONDS + 2 * TICK_SECONDS + SYNC_SECONDS
+        bound = LEASE_SECONDS + 2 * TICK_SECONDS + chaos_scale.drain(SYNC_SECONDS)
         ticks = 0
         while not_synced_since(since):
             assert time.monotonic() - restored < bound, (
@@ -238,7 +244,7 @@ def test_a_saturated_cpu_slows_syncs_but_declares_no_live_worker_dead(
         started = time.monotonic()
         since = _due_now_and_tick(chaos_stack)
         with chaos_stack.orm():
-            wait_for(lambda: not not_synced_since(since), timeout=SYNC_SECONDS * 2,
+            wait_for(lambda: not not_synced_since(since), timeout=chaos_scale.drain(SYNC_SECONDS * 2),
                      message="syncs did not finish under CPU saturation")  # fmt: skip
             seconds = time.monotonic() - started
             assert not SyncRun.objects.filter(status__in=[RunStatus.LOST, RunStatus.FAILED]).exists()
