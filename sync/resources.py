@@ -268,7 +268,11 @@ def _insert(model: type[Model], fields: Sequence[str], rows: Iterable[tuple[Any,
     quote = connection.ops.quote_name
     column = {f.attname: f.column for f in model._meta.concrete_fields}
     columns = ", ".join(quote(column[name]) for name in fields)
+    # The COPY goes to psycopg's own cursor, past Django's error translation: without it
+    # a connection the server terminated mid-COPY raised psycopg's AdminShutdown, not
+    # Django's OperationalError, and the sync blamed the fabric for a database outage.
     with (
+        connection.wrap_database_errors,
         connection.cursor() as cursor,
         cursor.cursor.copy(f"COPY {quote(model._meta.db_table)} ({columns}) FROM STDIN") as copy,
     ):
