@@ -1,7 +1,7 @@
 """Resources running out under a worker: disk, file descriptors, memory, CPU.
 
 Real faults into real processes, all of them the test's own:
-- **Disk full:** the worker's Git cache (under its ``var/``) is a 2 MiB tmpfs filled to
+- **Disk full:** the worker's Git cache (under its ``var/``) is a tmpfs (1 MiB + 512 KiB per fabric) filled to
   the last byte, so every ``git fetch`` hits ENOSPC.
 - **File descriptors:** ``prlimit(2)`` lowers the open-files limit of the worker's running
   pool processes to two more than they hold, so the next sync cannot even open its
@@ -82,8 +82,11 @@ def _mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
 def test_a_full_disk_fails_syncs_readably_and_the_first_sync_after_space_returns_succeeds(
     chaos_stack: ChaosStack, chaos_scale: ChaosScale
 ) -> None:
-    make_fabrics(chaos_stack, chaos_scale.n(6, minimum=4), files=20)
-    with _mounted_tmpfs(chaos_stack.root / "git-cache-full", "2m") as cache:
+    count = chaos_scale.n(6, minimum=4)
+    make_fabrics(chaos_stack, count, files=20)
+    # Room for every fabric's cache once the filler is gone (about 320 KiB each with 20
+    # manifests): the fault is the filler, not a disk too small for the fabrics.
+    with _mounted_tmpfs(chaos_stack.root / "git-cache-full", f"{1024 + 512 * count}k") as cache:
         worker = chaos_stack.start_worker("full", SYNC_GIT_CACHE_DIR=str(cache))
         filler = cache / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False)
