@@ -45,6 +45,10 @@ SYNC_ASYNC_PROGRESS_COMMIT = env_bool("SYNC_ASYNC_PROGRESS_COMMIT", True)
 # Fabrics per fan-out message: the tick publishes one message per chunk and a worker
 # expands it into one task per fabric, so the tick stays fast at 10,000 fabrics.
 SYNC_DISPATCH_CHUNK = 250
+# A scheduled chunk's fabrics whose remote commit and source are unchanged (Git-only,
+# last outcome in sync) are recorded in bulk by the fan-out, a few statements for the
+# chunk, instead of one task each (sync/bulk_unchanged.py); the rest get their task.
+SYNC_BULK_UNCHANGED = env_bool("SYNC_BULK_UNCHANGED", True)
 
 # Git push webhooks (docs/webhooks.md). The secret GitHub, GitLab and Gitea sign with;
 # empty: every webhook is refused. Pushes of one branch within the debounce window

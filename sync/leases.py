@@ -307,6 +307,26 @@ def _update_returning(claim: QuerySet[Fabric], values: dict[str, Any]) -> tuple[
     return None if row is None else (int(row[0]), bool(row[1]))
 
 
+def update_returning_ids(rows: QuerySet[Fabric], values: dict[str, Any]) -> list[int]:
+    """``rows.update(**values)`` in one statement that returns the ids of the rows it changed.
+
+    For set-based transitions whose winners matter (``sync.bulk_unchanged``): the row
+    count says how many won, this says which. Like ``_update_returning``: Django's own
+    compiled UPDATE with a RETURNING appended (PostgreSQL, and SQLite since 3.35).
+    ``rows`` must filter on the fabric's own columns (or subqueries), not joins.
+    """
+    query = cast(UpdateQuery, rows.query.chain(UpdateQuery))
+    query.add_update_values(values)
+    update_sql, params = query.get_compiler(rows.db).as_sql()
+    if not update_sql:
+        return []
+    conn = connections[rows.db]
+    returning = f" RETURNING {conn.ops.quote_name(Fabric._meta.db_table)}.{conn.ops.quote_name('id')}"
+    with transaction.mark_for_rollback_on_error(using=rows.db), conn.cursor() as cursor:
+        cursor.execute(update_sql + returning, params)
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
 def requeue_for_retry(fabric_id: int, token: str, now: datetime, countdown: float) -> bool:
     """Keep the claim across a retry: back to QUEUED, lease covering the countdown."""
     until = now + timedelta(seconds=countdown + settings.SYNC_QUEUE_LEASE_SECONDS)

@@ -134,7 +134,8 @@ def run_sync(
         raise WorkerResourcesExhausted(f"worker out of file descriptors: {exc.strerror}") from None
 
 
-_RESOURCE_TOTAL = Coalesce(
+# The number of a fabric's stored resources, as a subquery of the fabric's own query.
+RESOURCE_TOTAL = Coalesce(
     Subquery(
         Resource.objects.filter(fabric=OuterRef("pk")).order_by().values("fabric").annotate(n=Count("*")).values("n"),
         output_field=IntegerField(),
@@ -149,7 +150,7 @@ def _run_sync(
     # The cluster row (if any) and its token come in the same query: a Git-only fabric
     # costs no extra query for having no cluster. So does the number of stored
     # resources, which an unchanged sync records on its run.
-    fabrics = Fabric.objects.select_related("cluster__token").annotate(stored_resources=_RESOURCE_TOTAL)
+    fabrics = Fabric.objects.select_related("cluster__token").annotate(stored_resources=RESOURCE_TOTAL)
     fabric = fabrics.get(id=fabric_id)
     started = clock()
     with progress_transaction():  # a progress marker: sync.progress_commit

@@ -15,7 +15,7 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from core.process_limits import descriptors_exhausted, is_resource_exhaustion
-from sync import backoff_probe, claim_markers, leases
+from sync import backoff_probe, bulk_unchanged, claim_markers, leases
 from sync.errors import DatabaseUnavailable, PermanentSyncError, TransientSyncError
 from sync.models import Fabric
 from sync.runner import record_failure, run_sync
@@ -75,15 +75,24 @@ def probe_backoff() -> dict[str, int]:
     return backoff_probe.probe(timezone.now())
 
 
-@shared_task(name="sync.fan_out", ignore_result=True)
-def fan_out(fabric_ids: list[int], token: str, trigger: str = "schedule") -> int:
-    """Expand one chunk of a tick's claim into one task per fabric."""
+@shared_task(bind=True, name="sync.fan_out", ignore_result=True)
+def fan_out(self: Task, fabric_ids: list[int], token: str, trigger: str = "schedule") -> dict[str, int]:
+    """Expand one chunk of a claim: its unchanged fabrics recorded in bulk, one task for each other.
+
+    ``sync.bulk_unchanged`` decides which is which (with ``SYNC_BULK_UNCHANGED`` off,
+    or for a trigger other than the schedule, every fabric gets its task).
+    """
     from project.celery_app import app
 
     with app.producer_or_acquire() as producer:
-        for fabric_id in fabric_ids:
-            sync_fabric.apply_async((fabric_id, token, trigger), producer=producer)
-    return len(fabric_ids)
+
+        def dispatch(ids: list[int]) -> None:
+            for fabric_id in ids:
+                sync_fabric.apply_async((fabric_id, token, trigger), producer=producer)
+
+        worker = _attempt_name(self, f"bulk-{secrets.token_hex(6)}")
+        outcome = bulk_unchanged.process_chunk(fabric_ids, token, trigger, worker, dispatch)
+    return {"fabrics": len(fabric_ids), **outcome.as_dict()}
 
 
 @shared_task(
