@@ -4,7 +4,7 @@ Dispatch is chunked: the tick publishes one ``sync.fan_out`` message per
 ``SYNC_DISPATCH_CHUNK`` fabrics and a worker expands each into one ``sync.sync_fabric``
 task per fabric. The tick itself therefore publishes N/250 messages instead of N
 (10,000 fabrics in well under a second), while every fabric still gets its own task,
-retries and failure isolation. With ``SYNC_BULK_UNCHANGED`` a scheduled chunk first
+retries and failure isolation. With ``SYNC_BULK_UNCHANGED`` a scheduled fan-out first
 records its provably unchanged fabrics in bulk (``sync.bulk_unchanged``) and expands
 only the rest. A redelivered chunk is harmless: each task, and the bulk step, checks
 the lease token before doing anything.
@@ -19,7 +19,7 @@ from django.conf import settings
 
 from core.tick import tick_step
 from project.celery_app import app
-from sync import broker_inventory, bulk_unchanged, claim_markers, leases
+from sync import broker_inventory, claim_markers, leases
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +29,10 @@ def publish(fabric_ids: list[int], token: str, trigger: str) -> int:
     from sync.tasks import fan_out, sync_fabric
 
     chunk = max(1, settings.SYNC_DISPATCH_CHUNK)
-    # Even a batch of one chunk goes through the fan-out when its unchanged fabrics may
-    # be recorded in bulk there (sync.bulk_unchanged); a single fabric never gains.
-    per_fabric = len(fabric_ids) <= chunk and (len(fabric_ids) == 1 or not bulk_unchanged.applies(trigger))
     published = 0
     try:
         with app.producer_or_acquire() as producer:
-            if per_fabric:
+            if len(fabric_ids) <= chunk:
                 for fabric_id in fabric_ids:
                     sync_fabric.apply_async((fabric_id, token, trigger), producer=producer)
                     published += 1

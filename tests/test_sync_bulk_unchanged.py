@@ -301,9 +301,13 @@ def test_a_tick_records_unchanged_fabrics_in_bulk_on_a_real_worker(celery_worker
     wait_for(lambda: SyncRun.objects.filter(status=RunStatus.SUCCESS).count() == 3, message=celery_worker.log())
     wait_for(lambda: Fabric.objects.filter(sync_status=SyncStatus.IN_SYNC).count() == 3, message=celery_worker.log())
 
-    summary = run_tick(timezone.now() + timedelta(seconds=301))
+    # A tick publishes a fan-out only for more than SYNC_DISPATCH_CHUNK fabrics: publish one as it would.
+    from sync.tasks import fan_out
 
-    assert summary["metrics"]["sync"]["fabrics_dispatched"] == 3
+    claim = claim_all_due(timezone.now())
+    assert sorted(claim.fabric_ids) == sorted(f.id for f in fabrics)
+    fan_out.apply_async((claim.fabric_ids, claim.token, "schedule"))
+
     unchanged = SyncRun.objects.filter(status=RunStatus.UNCHANGED)
     wait_for(lambda: unchanged.count() == 3, message=celery_worker.log())
     assert {run.commit for run in unchanged} == {head}
