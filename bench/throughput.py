@@ -37,9 +37,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,101 +51,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._private import PrivateValkey, private_database  # noqa: E402
+from bench._stack import Worker, make_repos, project_environment, wait  # noqa: E402
 
 N = int(os.environ.get("BENCH_FABRICS", "2000"))
 REPOS = int(os.environ.get("BENCH_REPOS", "20"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 TARGET = 1.0
-GIT_IDENTITY = ["-c", "user.name=Bench", "-c", "user.email=bench@example.invalid", "-c", "commit.gpgsign=false"]
-
-
-def make_repos(root: Path) -> list[Path]:
-    """REPOS small repositories, three Switch manifests each, on branch main."""
-    paths = []
-    for r in range(REPOS):
-        path = root / f"repo-{r:02}"
-        (path / "manifests").mkdir(parents=True)
-        docs = "---\n".join(
-            f"apiVersion: fabric.example/v1\nkind: Switch\nmetadata:\n  name: leaf{i}\nspec:\n  asn: {65000 + i}\n"
-            for i in range(3)
-        )
-        (path / "manifests" / "switches.yaml").write_text(docs)
-        for args in (["init", "--quiet", "-b", "main"], ["add", "--all"], ["commit", "--quiet", "-m", "switches"]):
-            subprocess.run(["git", *GIT_IDENTITY, *args], cwd=path, check=True, capture_output=True)
-        paths.append(path)
-    return paths
-
-
-class Worker:
-    def __init__(self, name: str, app: str, env: dict[str, str], log: Path, include: str = "") -> None:
-        self.log_path = log
-        self.hostname = f"{name}-{os.getpid()}@bench"
-        command = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "prefork", "--concurrency", "2",
-            "--without-mingle", "--without-gossip", "--hostname", self.hostname,
-            "--loglevel", os.environ.get("BENCH_LOGLEVEL", "WARNING"),
-        ]  # fmt: skip
-        if include:
-            command += ["--include", include]
-        self._log = log.open("ab")
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def pids(self) -> list[int]:
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True, check=False
-        )
-        return [self.process.pid, *(int(pid) for pid in out.stdout.split())]
-
-    def rss_mb(self) -> dict[str, float]:
-        """VmRSS of the main process and each pool child, in MB."""
-        sizes: dict[str, float] = {}
-        for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-            sizes["main" if pid == self.process.pid else f"child-{pid}"] = round(kb / 1024, 1)
-        return sizes
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the main process and its pool children so far."""
-        ticks = 0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        return ticks / os.sysconf("SC_CLK_TCK")
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"worker {self.hostname} exited:\n{self.log_path.read_text(errors='replace')[-4000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str, workers: list[Worker], interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        for worker in workers:
-            worker.check_alive()
-        time.sleep(interval)
-    logs = "\n".join(f"--- {w.hostname}:\n{w.log_path.read_text(errors='replace')[-3000:]}" for w in workers)
-    raise TimeoutError(f"{what} not within {timeout} s\n{logs}")
 
 
 def main() -> dict[str, Any]:
@@ -165,19 +74,8 @@ def main() -> dict[str, Any]:
 
 def run(work: Path, valkey: PrivateValkey, database_url: str) -> dict[str, Any]:
     repos_root = work / "repos"
-    repos = make_repos(repos_root)
-    project_env = {
-        "DATABASE_URL": database_url,
-        "CELERY_BROKER_URL": valkey.url(0),
-        "CELERY_RESULT_BACKEND": valkey.url(0),
-        "REDIS_URL": valkey.url(0),
-        "SYNC_ALLOWED_LOCAL_ROOTS": str(repos_root),
-        "SYNC_GIT_CACHE_DIR": str(work / "git-cache"),
-        "VAR_DIR": str(work / "var"),
-        "DJANGO_SETTINGS_MODULE": "project.settings",
-    }
-    os.environ.update(project_env)
-    os.environ.pop("CACHE_URL", None)
+    repos = make_repos(repos_root, REPOS)
+    base_env = project_environment(work, valkey.url(0), database_url, repos_root)
     import django
 
     django.setup()
@@ -208,9 +106,8 @@ def run(work: Path, valkey: PrivateValkey, database_url: str) -> dict[str, Any]:
         for i in range(N)
     )
 
-    base_env = {k: v for k, v in os.environ.items() if k not in ("CACHE_URL",)}
     project_log = work / "project-worker.log"
-    project = Worker("fcp", "project", {**base_env, "PYTHONPATH": str(ROOT)}, project_log, include="bench._tasks")
+    project = Worker("fcp", "project", base_env, project_log, include="bench._tasks")
     plain_env = {k: v for k, v in base_env.items() if not k.startswith(("DJANGO_", "CELERY_"))}
     plain_env |= {"BENCH_PLAIN_BROKER_URL": valkey.url(1), "PYTHONPATH": str(ROOT)}
     plain = Worker("plain", "bench._plain_app", plain_env, work / "plain-worker.log")
