@@ -1,6 +1,6 @@
 """Benchmark: 10,000 fabrics at a 300 s interval kept up by one ``-c 2`` worker, over 15 minutes.
 
-Run with ``bash scripts/bench.sh bench/sustained.py`` (about 45 minutes at the defaults:
+Run with ``bash scripts/bench.sh bench/sustained.py`` (about 30 minutes at the defaults:
 the first sync of every fabric, a warm-up, then the window). It needs PostgreSQL
 (``DATABASE_URL``'s server); everything it writes goes to servers of its own:
 
