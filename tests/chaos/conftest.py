@@ -21,6 +21,20 @@ from tests.conftest import is_postgres, require
 from tests.gitrepo import GitRepo, manifest
 from tests.pgcluster import unavailable_reason
 
+CHAOS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A scenario's whole-test timeout grows with its size, as its backlog bounds do
+    (``ChaosScale.drain``): the full profile's scenarios are four times the ci profile's."""
+    factor = machine_scale().factor
+    if factor <= 1:
+        return
+    timeout = int(float(config.getini("timeout") or 300) * factor)
+    for item in items:
+        if CHAOS_DIR in Path(str(item.fspath)).resolve().parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(timeout))
+
 
 @pytest.fixture(scope="session")
 def chaos_scale() -> ChaosScale:
