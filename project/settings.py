@@ -234,6 +234,10 @@ BROKER_VISIBILITY_TIMEOUT = 7200
 # (health_check_interval, 25 s) drops a consumer connection whose reply is overdue.
 BROKER_SOCKET_TIMEOUT = env_float("BROKER_SOCKET_TIMEOUT", 30.0)
 BROKER_SOCKET_CONNECT_TIMEOUT = env_float("BROKER_SOCKET_CONNECT_TIMEOUT", 5.0)
+# A worker that failed ("Unrecoverable error") kills its pool and exits this long after,
+# if its warm shutdown has not finished: a broken pool can keep it up forever, and a
+# restart policy only replaces a process that has exited (project/worker_exit.py).
+WORKER_FAILURE_EXIT_SECONDS = env_float("WORKER_FAILURE_EXIT_SECONDS", 30.0)
 _BROKER_SOCKET_OPTIONS: dict[str, Any] = {
     "socket_timeout": BROKER_SOCKET_TIMEOUT,
     "socket_connect_timeout": BROKER_SOCKET_CONNECT_TIMEOUT,

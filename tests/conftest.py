@@ -154,10 +154,11 @@ def worker_database_url() -> str:
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], concurrency: int, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], concurrency: int, log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.env = env
         self.concurrency = concurrency
         self.log_path = log_path
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
         # Its own node name, so readiness waits for this worker's answer, not an earlier one's.
         self.hostname = host_format(f"test-{os.getpid()}-{time.monotonic_ns()}@%h")
@@ -172,7 +173,7 @@ class WorkerProcess:
                 sys.executable, "-m", "celery", "-A", "project", "worker",
                 "--pool", "prefork", "--concurrency", str(self.concurrency),
                 "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-                "--hostname", self.hostname,
+                "--hostname", self.hostname, *self.args,
             ],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -220,7 +221,7 @@ def worker_factory(
     """Start real worker processes that share this test's database and broker."""
     workers: list[WorkerProcess] = []
 
-    def start(concurrency: int = 2, **env_overrides: str) -> WorkerProcess:
+    def start(concurrency: int = 2, args: tuple[str, ...] = (), **env_overrides: str) -> WorkerProcess:
         env = {
             **os.environ,
             **WORKER_ENV_DEFAULTS,
@@ -233,7 +234,7 @@ def worker_factory(
             "PYTHONPATH": str(ROOT),
             **env_overrides,
         }
-        worker = WorkerProcess(env, concurrency, tmp_path / f"worker-{len(workers)}.log")
+        worker = WorkerProcess(env, concurrency, tmp_path / f"worker-{len(workers)}.log", args)
         workers.append(worker)
         worker.start()
         return worker
