@@ -356,6 +356,41 @@ def release_skipped(fabric_id: int, token: str, next_sync_at: datetime, last_err
     )
 
 
+GIVEN_BACK_MESSAGE = (
+    "Interrupted: the worker could not publish its retry ({cause}); the claim was given back "
+    "and the next tick dispatches it again."
+)
+
+
+def give_back(fabric_id: int, token: str, worker: str, now: datetime, cause: str) -> bool:
+    """Return a claim whose attempt can neither finish nor queue its own retry.
+
+    A worker out of file descriptors still has its open database connection but no
+    socket for a broker connection, so Celery drops the retry it cannot publish. Left
+    alone, the claim would wait for the lease reaper, which marks the run LOST and
+    counts a worker death against the fabric. Instead, in one transaction: the attempt's
+    run closes as *Failed, will retry* with ``cause``, and the fabric goes back to the
+    status it had before the claim, due at once, with its delivery count unchanged
+    (so the poison-message guard is neither reset nor advanced). Only a claim this
+    attempt (``worker``) holds, or one still QUEUED under ``token``, is given back.
+    """
+    mine = Q(sync_status=SyncStatus.SYNCING, lease_owner=worker[:200]) | Q(sync_status=SyncStatus.QUEUED)
+    with transaction.atomic():
+        released = Fabric.objects.filter(mine, id=fabric_id, lease_token=token).update(
+            sync_status=_status_without_lease(),
+            next_sync_at=now,
+            lease_token="",
+            lease_expires_at=None,
+            lease_owner="",
+        )
+        if released:
+            SyncRun.objects.filter(fabric_id=fabric_id, status=RunStatus.RUNNING, worker=worker[:200]).update(
+                status=RunStatus.RETRYING, finished_at=now, error_class="WorkerResourcesExhausted",
+                error_message=GIVEN_BACK_MESSAGE.format(cause=cause)[:2000],
+            )  # fmt: skip
+    return bool(released)
+
+
 def reap_expired(now: datetime) -> dict[str, int]:
     """Release every expired lease so nothing stays QUEUED or SYNCING forever.
 

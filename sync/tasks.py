@@ -10,11 +10,13 @@ import socket
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Reject
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from core.process_limits import descriptors_exhausted, is_resource_exhaustion
+from core.redaction import redact
 from sync import backoff_probe, bulk_unchanged, claim_markers, leases
 from sync.errors import DatabaseUnavailable, PermanentSyncError, TransientSyncError
 from sync.models import Fabric
@@ -39,7 +41,12 @@ def _attempt_name(task: Task, nonce: str) -> str:
 
 
 def _retry_through_outage(
-    task: Task, exc: Exception, nonce: str, outage_since: float | None, outage_retries: int
+    task: Task,
+    exc: Exception,
+    nonce: str,
+    outage_since: float | None,
+    outage_retries: int,
+    claim: tuple[int, str, str],
 ) -> Exception:
     """Retry this delivery once the database is back, resuming the lease its chain holds.
 
@@ -50,6 +57,11 @@ def _retry_through_outage(
     commit just before the connection drops). Backoff with full jitter, up to
     OUTAGE_BACKOFF_MAX seconds, so the fabric resumes within seconds of the database
     returning.
+
+    When the retry cannot even be published (the process is out of file descriptors: no
+    socket for a broker connection), Celery would drop this delivery and leave the claim
+    to the lease reaper, which counts a worker death. ``claim`` (fabric id, token, this
+    attempt's owner name) is then given back instead, if the database still answers.
     """
     now = timezone.now().timestamp()
     since = outage_since or now
@@ -66,7 +78,23 @@ def _retry_through_outage(
     logger.warning(
         "database unavailable (%s%s); retrying in %.1f s", type(exc).__name__, f"; {cause}" if cause else "", countdown
     )
-    return task.retry(countdown=countdown, kwargs=kwargs, max_retries=task.request.retries + 1)
+    try:
+        return task.retry(countdown=countdown, kwargs=kwargs, max_retries=task.request.retries + 1)
+    except Reject as unpublished:  # Celery's answer to a retry it could not publish
+        return _give_back(unpublished, claim)
+
+
+def _give_back(unpublished: Reject, claim: tuple[int, str, str]) -> Reject:
+    fabric_id, token, worker = claim
+    cause = redact(str(getattr(unpublished, "reason", unpublished)))
+    try:
+        given = leases.give_back(fabric_id, token, worker, timezone.now(), cause)
+    except (*DATABASE_OUTAGE, OSError):
+        return unpublished  # nothing can be written either: the lease reaper takes it from here
+    if given:
+        logger.warning("could not publish the retry of fabric %s (%s); gave its claim back for the next tick",
+                       fabric_id, cause)  # fmt: skip
+    return unpublished
 
 
 @shared_task(name="sync.probe_backoff", ignore_result=True)
@@ -128,13 +156,14 @@ def sync_fabric(
     """
     nonce = resume or secrets.token_hex(6)
     worker = _attempt_name(self, nonce)
+    claim = (fabric_id, token, worker)
     try:
         begun = leases.begin(fabric_id, token, timezone.now(), worker, resume=resume)
     except (*DATABASE_OUTAGE, OSError) as exc:
         if isinstance(exc, OSError) and not is_resource_exhaustion(exc):
             raise
         # begin may have committed before the connection dropped: the retry resumes it.
-        raise _retry_through_outage(self, exc, nonce, outage_since, outage_retries) from None
+        raise _retry_through_outage(self, exc, nonce, outage_since, outage_retries, claim) from None
     if begun.outcome is leases.BeginOutcome.SUPERSEDED:
         return {"fabric_id": fabric_id, "skipped": "superseded by a newer claim"}
     if begun.outcome is leases.BeginOutcome.HELD:
@@ -156,7 +185,7 @@ def sync_fabric(
     except RemoteUnavailable as exc:
         return {"fabric_id": fabric_id, "skipped": str(exc)}
     except DatabaseUnavailable as exc:
-        raise _retry_through_outage(self, exc, nonce, outage_since, outage_retries) from None
+        raise _retry_through_outage(self, exc, nonce, outage_since, outage_retries, claim) from None
     except TransientSyncError as exc:
         if not may_retry:
             raise
