@@ -19,6 +19,8 @@ sessions), then exits with that code. Work they held is not lost:
 
 A plain SIGTERM (exit code 0) still drains: running syncs finish, bounded by the
 process manager's grace period (``stop_grace_period`` in ``deploy/compose.yaml``).
+Ctrl-C (SIGINT), which Celery turns into a warm shutdown with exit code 1, gets the
+same bound as a failure: running syncs have that long to finish.
 """
 
 from __future__ import annotations
