@@ -277,7 +277,10 @@ def record_unchanged(
     # time moved after step 1 read it (sync.runner._unless_moved).
     next_due = Case(
         *(
-            When(Q(id__in=members, next_sync_at=due), then=Value(next_sync_after_success(finished, interval, due)))
+            When(
+                Q(id__in=members, next_sync_at=due),
+                then=Value(next_sync_after_success(finished, interval, due, grace_seconds=settings.TICK_SECONDS)),
+            )
             for (due, interval), members in schedules.items()
         ),
         default=F("next_sync_at"),

@@ -297,7 +297,10 @@ def _commit_success(
             sync_status=SyncStatus.IN_SYNC,
             last_sync=finished,
             next_sync_at=_unless_moved(
-                fabric, next_sync_after_success(finished, fabric.sync_interval, due_at=fabric.next_sync_at)
+                fabric,
+                next_sync_after_success(
+                    finished, fabric.sync_interval, due_at=fabric.next_sync_at, grace_seconds=settings.TICK_SECONDS
+                ),
             ),
             consecutive_failures=0,
             failing_since=None,
