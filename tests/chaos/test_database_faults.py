@@ -1,9 +1,12 @@
-"""Database faults short of an outage: every connection reset, a row lock held by someone else.
+"""Database faults short of an outage: every connection reset, a row lock held by someone else,
+slow queries.
 
 Real: a private PostgreSQL cluster whose backends the test terminates with
 ``pg_terminate_backend`` (what a proxy restart, a failover or an idle-connection
-killer does) or whose fabric row it locks from another session, real workers, real
-ticks. Bound: every fabric synced within 2 ticks; nothing blamed on a fabric (no run
+killer does), whose fabric row it locks from another session, or whose every write to
+the fabric and run tables it makes wait (a trigger calling ``pg_sleep``: what a
+saturated disk, a checkpoint storm or a replica waiting on synchronous commit does to
+each statement), real workers, real ticks. Bound: every fabric synced within 2 ticks; nothing blamed on a fabric (no run
 LOST or FAILED, no failure counted); nothing synced twice at once or left stuck.
 """
 
@@ -22,6 +25,7 @@ from tests.chaos.invariants import assert_healthy_history, not_synced_since
 from tests.chaos.scale import ChaosScale
 from tests.chaos.stack import ChaosStack
 from tests.conftest import wait_for
+from tests.gitrepo import GitRepo, manifest
 
 pytestmark = [pytest.mark.chaos, pytest.mark.postgres]
 
@@ -104,3 +108,73 @@ def test_a_fabric_row_locked_by_another_session_delays_only_that_fabric(chaos_st
         _nothing_blamed()
         assert Fabric.objects.get(id=ids[0]).sync_status == SyncStatus.IN_SYNC
         assert_healthy_history()
+
+
+SLOW_WRITE_SECONDS = 0.5
+SLOW_WRITES = """
+CREATE FUNCTION chaos_slow_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(%s); RETURN NULL; END $$;
+CREATE TRIGGER chaos_slow_fabric BEFORE INSERT OR UPDATE ON sync_fabric
+    FOR EACH STATEMENT EXECUTE FUNCTION chaos_slow_write();
+CREATE TRIGGER chaos_slow_run BEFORE INSERT OR UPDATE ON sync_syncrun
+    FOR EACH STATEMENT EXECUTE FUNCTION chaos_slow_write();
+"""
+FAST_WRITES = "DROP TRIGGER chaos_slow_fabric ON sync_fabric; DROP TRIGGER chaos_slow_run ON sync_syncrun"
+
+
+def test_slow_queries_slow_every_sync_but_declare_no_live_worker_dead(
+    chaos_stack: ChaosStack, chaos_scale: ChaosScale
+) -> None:
+    """Every statement writing a fabric or a run waits SLOW_WRITE_SECONDS, the tick's
+    claim included. Syncs slow down several times over; none may be taken for a dead
+    worker (LOST), fail, count a failure, or be synced twice because its lease ran out
+    while it waited on the database. Bound: the same backlog's time measured without
+    the fault in this test, plus every sync's slow writes spread over the worker's
+    processes, plus 2 ticks."""
+    count = chaos_scale.n(20, minimum=8)
+    concurrency = 2
+    make_fabrics(chaos_stack, count, files=20)
+    chaos_stack.start_worker(concurrency=concurrency)
+    with chaos_stack.orm():
+        since = timezone.now()
+        started = time.monotonic()
+        chaos_stack.tick()
+        wait_for(lambda: not not_synced_since(since), timeout=chaos_scale.drain(DRAIN_SECONDS))
+        fast_seconds = time.monotonic() - started
+        connections.close_all()
+
+    for index in range(2):  # a new commit: every sync fetches, parses and writes, not just "unchanged"
+        repo = GitRepo(chaos_stack.repos / f"fabric-repo-{index}")
+        repo.write("fabric/switch-0.yaml", manifest("Switch", f"leaf-{index}-0", role="spine"))
+        repo.commit("re-role a switch")
+    with chaos_stack.pg.connect(chaos_stack.dbname) as admin:
+        admin.execute(SLOW_WRITES % SLOW_WRITE_SECONDS)
+        admin.commit()
+    try:
+        with chaos_stack.orm():
+            since = timezone.now()
+            Fabric.objects.update(next_sync_at=since)  # itself slow: the trigger is on
+            started = time.monotonic()
+            chaos_stack.tick()
+            wait_for(lambda: not not_synced_since(since), timeout=chaos_scale.drain(DRAIN_SECONDS) * 3)
+            slow_seconds = time.monotonic() - started
+            runs = SyncRun.objects.filter(started_at__gte=since)
+            durations = sorted(ms or 0 for ms in runs.values_list("duration_ms", flat=True))
+            median_ms = durations[len(durations) // 2]
+            assert median_ms >= 2 * SLOW_WRITE_SECONDS * 1000, f"syncs were not slowed, no fault: {durations}"
+            # Each sync writes a fabric or a run about 6 times (claim, begin, run, commit, finish).
+            bound = fast_seconds + count * 6 * SLOW_WRITE_SECONDS / concurrency + 2 * 60
+            assert slow_seconds <= bound, f"{count} syncs took {slow_seconds:.0f} s (bound {bound:.0f} s)"
+            _nothing_blamed()
+            assert_healthy_history()
+            assert runs.count() == count, f"{runs.count()} runs for {count} due fabrics"
+            print(
+                f"\nMEASURED slow writes ({SLOW_WRITE_SECONDS} s per statement): {count} fabrics synced in "
+                f"{slow_seconds:.1f} s (without: {fast_seconds:.1f} s; bound {bound:.0f} s), median sync "
+                f"{median_ms / 1000:.1f} s, none LOST or failed"
+            )
+            connections.close_all()
+    finally:
+        with chaos_stack.pg.connect(chaos_stack.dbname) as admin:
+            admin.execute(FAST_WRITES)
+            admin.commit()
