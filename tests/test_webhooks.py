@@ -29,7 +29,7 @@ from django.test import Client
 from django.utils import timezone
 from freezegun import freeze_time
 
-from sync import leases
+from sync import leases, push_sync
 from sync.dispatch import dispatch_due_fabrics
 from sync.models import Fabric, RunStatus, SyncRun, SyncStatus
 from sync.runner import run_sync
@@ -538,3 +538,27 @@ def test_a_push_syncs_the_fabric_on_a_real_worker_as_a_webhook_run(celery_worker
     wait_for(lambda: Fabric.objects.filter(id=fabric.id, sync_status=SyncStatus.IN_SYNC).exists())
     run = SyncRun.objects.get(fabric=fabric)
     assert (run.trigger, run.status, run.commit) == ("webhook", RunStatus.SUCCESS, commit)
+
+
+@pytest.mark.django_db
+def test_a_delivery_racing_another_of_the_same_push_still_claims_its_fabrics(repo, published, monkeypatch):
+    """Two deliveries of one push at the same instant (two hooks, or a forge's retry): the
+    other one's UPDATE made the fabrics due a few milliseconds after this delivery's
+    ``now``, between this delivery's own UPDATE and its claim. Before the second look
+    this claim found them not yet due and claimed nothing: they waited for the next
+    tick (40 fabrics of one repository in the chaos suite's full profile)."""
+    fabrics = [make_fabric(f"https://github.com/{repo}.git", now=timezone.now() + timedelta(hours=1)) for _ in range(3)]
+    debounce = push_sync.first_in_window
+
+    def the_other_delivery_updates_first(push: Any) -> bool:
+        later = timezone.now() + timedelta(milliseconds=5)
+        Fabric.objects.filter(id__in=[fabric.id for fabric in fabrics]).update(next_sync_at=later)
+        return bool(debounce(push))
+
+    monkeypatch.setattr(push_sync, "first_in_window", the_other_delivery_updates_first)
+    body = send("github", payload("github", repo)).json()
+
+    ids = sorted(fabric.id for fabric in fabrics)
+    assert (sorted(body["claimed"]), body["already_claimed"], body["debounced"]) == (ids, [], False)
+    assert sorted(fabric_id for fabric_id, _, _ in published()) == ids
+    assert set(Fabric.objects.values_list("sync_status", flat=True)) == {SyncStatus.QUEUED}
