@@ -126,6 +126,11 @@ def claim_one(fabric_id: int, now: datetime, before_claim: BeforeClaim = claim_m
     return token if won else None
 
 
+def claimable_ids(fabric_ids: list[int], now: datetime) -> QuerySet[Fabric]:
+    """Those of ``fabric_ids`` that ``claim_ids`` would claim at ``now``, locks aside."""
+    return due_fabrics(now).filter(id__in=fabric_ids).exclude(sync_status=SyncStatus.SYNCING)
+
+
 def claim_ids(fabric_ids: list[int], now: datetime, before_claim: BeforeClaim = claim_markers.mark) -> Claim:
     """Claim those of ``fabric_ids`` that are due, exactly as a tick would (a push made them due).
 
@@ -141,7 +146,7 @@ def claim_ids(fabric_ids: list[int], now: datetime, before_claim: BeforeClaim = 
     if not fabric_ids:
         return Claim(token, [], 0)
     before_claim(token, settings.SYNC_QUEUE_LEASE_SECONDS)
-    claimable = due_fabrics(now).filter(id__in=fabric_ids).exclude(sync_status=SyncStatus.SYNCING)
+    claimable = claimable_ids(fabric_ids, now)
     unlocked = claimable.select_for_update(skip_locked=True).values("id")
     with transaction.atomic(savepoint=False):  # one statement; Django wants FOR UPDATE in a transaction
         claimable.filter(id__in=unlocked).update(

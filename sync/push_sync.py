@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 from django.conf import settings
@@ -115,13 +115,10 @@ def sync_on_push(push: Push, now: datetime, clock: Callable[[], datetime] = time
         return outcome
     outcome.claimed = _claim_and_publish(push, outcome.matched, now)
     for pause in CLAIM_RETRY_PAUSES:
-        left = list(
-            leases.due_fabrics(clock())
-            .filter(id__in=outcome.matched)
-            .exclude(id__in=outcome.claimed)
-            .exclude(sync_status=SyncStatus.SYNCING)
-            .values_list("id", flat=True)
-        )
+        # Claimable once the pause is over: the other delivery's due time may lie just ahead.
+        unclaimed = [fabric_id for fabric_id in outcome.matched if fabric_id not in outcome.claimed]
+        after_pause = clock() + timedelta(seconds=pause)
+        left = list(leases.claimable_ids(unclaimed, after_pause).values_list("id", flat=True))
         if not left:
             break
         time.sleep(pause)

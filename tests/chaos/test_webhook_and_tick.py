@@ -164,7 +164,11 @@ def test_pushes_and_ticks_at_once_claim_each_fabric_once_and_lose_no_push(
         first_sync_ended = timezone.now()
         pushes = 0
         for number in range(chaos_scale.rounds):
-            time.sleep(DEBOUNCE_SECONDS + 1)  # the last round's debounce window has closed
+            wait_for(  # the last round's debounce window has closed (its key expired)
+                lambda: not chaos_stack.redis.client().keys("*sync:webhook:*"),
+                timeout=DEBOUNCE_SECONDS + 5,
+                message="the debounce window never closed",
+            )
             heads = {repo.url: commit_change(repo, f"{number}a") for repo in repos}
             with ThreadPoolExecutor(max_workers=BEATS + DELIVERIES * repo_count) as pool:
                 ticks = [pool.submit(run_tick, chaos_stack) for _ in range(BEATS)]
